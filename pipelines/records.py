@@ -1,0 +1,160 @@
+"""One record type per artifact, and the JSON Lines storage every stage shares.
+
+Records are appended one line at a time and flushed, so a stage killed midway keeps what it wrote;
+`read_records` drops a torn last line (the only line a kill can leave half-written), and a rerun skips
+ids already present. Schema of the bank: README.md, section "The bank".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Choice:
+    label: str
+    text: str
+
+
+@dataclass
+class Task:
+    id: str
+    dataset: str
+    split: str  # train | eval | test (our seeded 70/20/10 split)
+    question: str
+    choices: list[Choice]
+    answer_label: str | None
+    source: dict[str, Any] = field(default_factory=dict)  # origin, source split, file digest or hub revision
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Task:
+        return cls(**{**row, "choices": [Choice(**c) for c in row["choices"]]})
+
+
+@dataclass
+class Generation:
+    id: str  # == task id: one decision per task
+    task: Task
+    decision: str
+    decision_ids: list[int]
+    answer_label: str | None  # parsed from the decision; None when unparseable
+    parse_status: str  # letter | text | unparseable
+    correct: bool
+    explanations: list[str]
+    explanation_ids: list[list[int]]
+    seeds: list[int]  # decision seed, then one per explanation
+    model: dict[str, Any]
+    settings: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Generation:
+        return cls(**{**row, "task": Task.from_dict(row["task"])})
+
+
+@dataclass
+class Attribution:
+    id: str  # f"{generation id}/{method}"
+    generation_id: str
+    method: str
+    target: str  # sequence | first_position
+    features: str  # first_user_message | string_aligned
+    feature_tokens: list[str]  # the decision's features
+    decision: list[float]
+    explanation_feature_tokens: list[list[str]]  # equals feature_tokens unless string_aligned
+    explanations: list[list[float]]
+    baseline_token_id: int
+    baseline_token: str
+    settings: dict[str, Any]
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Attribution:
+        return cls(**row)
+
+
+def to_dict(record: Any) -> dict[str, Any]:
+    return asdict(record)
+
+
+def column_names(record_type: type) -> list[str]:
+    return [f.name for f in fields(record_type)]
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield the complete lines of a JSON Lines file (a torn last line is ignored)."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.endswith("\n"):
+                return  # the line being written when the process died
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not a JSON record ({err})") from None
+
+
+def repair_tail(path: Path) -> None:
+    """Cut a torn last line so that appends start on a fresh line."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
+            handle.truncate(end)
+
+
+def existing_ids(path: Path) -> set[str]:
+    return {row["id"] for row in read_records(path)}
+
+
+class Appender:
+    """Append records to a JSON Lines file, one flushed line each."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        repair_tail(path)
+        self._handle = open(path, "a", encoding="utf-8")
+
+    def write(self, record: Any) -> None:
+        row = record if isinstance(record, dict) else to_dict(record)
+        self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+
+    def __enter__(self) -> Appender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_records(path: Path, records: Iterable[Any]) -> int:
+    """Write a whole file atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    count = 0
+    with open(partial, "w", encoding="utf-8") as handle:
+        for record in records:
+            row = record if isinstance(record, dict) else to_dict(record)
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    os.replace(partial, path)
+    return count
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+    os.replace(partial, path)
