@@ -56,10 +56,15 @@ class TargetScorer:
         hidden = self.model.get_decoder()(input_ids=ids).last_hidden_state
         if self.target == "first_position":
             # released code: every target token scored at the first output position (a bag of tokens)
-            logits = self.model.get_output_embeddings()(hidden[:, self.prompt_len - 1]).float()
+            logits = _at_least_fp32(self.model.get_output_embeddings()(hidden[:, self.prompt_len - 1]))
             return logits.log_softmax(-1)[:, self.targets].sum(-1)
         # position t predicts token t + 1: the head runs only where a target token is predicted
         steps = hidden[:, self.prompt_len - 1: self.prompt_len - 1 + len(self.targets)]
-        logits = self.model.get_output_embeddings()(steps).float()
+        logits = _at_least_fp32(self.model.get_output_embeddings()(steps))
         picked = logits.gather(-1, self.targets.expand(ids.shape[0], -1).unsqueeze(-1)).squeeze(-1)
         return (picked - logits.logsumexp(-1)).sum(-1)
+
+
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    # bf16 log-softmax loses the small differences attribution is made of; fp64 (tests) stays fp64
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))

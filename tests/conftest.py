@@ -1,0 +1,73 @@
+"""Shared fixtures: the real SmolLM2 (converted once and cached), a tiny random-weight model with the
+same tokenizer and chat template for fast tests, and the local dataset copies in ../shared/datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = Path(os.environ.get("PSCB_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from pipelines.models import convert_embedded
+
+    return convert_embedded("~/.cache/pscb")[0]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer Llama with random weights, SmolLM2's tokenizer and template: real code paths, in seconds."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from pipelines.config import ModelParams
+    from pipelines.models import load_model
+
+    model, _, _ = load_model(ModelParams(id=str(tiny_model_dir), device="cpu"))
+    return model
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_dir):
+    from pipelines.config import ModelParams
+    from pipelines.models import load_model
+
+    model, _, _ = load_model(ModelParams(device="cpu"))
+    return model
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    assert SHARED_DATASETS.is_dir(), f"local dataset copies expected at {SHARED_DATASETS}"
+    return SHARED_DATASETS

@@ -1,0 +1,81 @@
+"""Our attributions equal stock Captum's on the same model, input, target and perturbation samples.
+
+Stock = `LLMAttribution` (teacher-forced, forward_in_tokens=False: its default token-by-token path is
+wrong on transformers 5, see stack-notes) for the perturbation methods, and the sum of
+`LLMGradientAttribution`'s per-token rows for the gradient methods (IG is linear in the target).
+Features = the templated prompt's non-special tokens, which TextTokenInput expresses with skip_tokens.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from captum._utils.models.linear_model import SkLearnLasso
+from captum.attr import (FeatureAblation, KernelShap, LayerGradientXActivation, LayerIntegratedGradients, Lime,
+                         LLMAttribution, LLMGradientAttribution, TextTokenInput)
+
+from pipelines.attribute import attribute_sequence
+from pipelines.config import AttributeParams
+from pipelines.layout import Sequence, render
+from pipelines.prompts import decision_conversation
+from pipelines.records import Choice, Task
+
+# Tolerance: 1e-4 relative, elementwise, plus 1e-4 of the largest |attribution| (a feature-ablation
+# value is a difference of two log-probabilities, so float32 rounding of the totals, ~1e-6 relative,
+# shows up as an absolute error). The tiny model runs in float64 (Llama's RMSNorm still rounds through
+# float32), where both paths agree to 1e-6.
+RTOL, ATOL = 1e-4, 1e-4
+TASK = Task("t", "arc_easy", "train", "Which gas do plants absorb?",
+            [Choice("A", "oxygen"), Choice("B", "carbon dioxide")], "B")
+
+
+def stock(model, tokenizer, method, text, target, baseline, n_samples, steps):
+    inp = TextTokenInput(text, tokenizer, baselines=baseline, skip_tokens=list(tokenizer.all_special_ids))
+    target = torch.tensor(target)
+    torch.manual_seed(7)
+    if method == "lig":
+        algorithm = LLMGradientAttribution(LayerIntegratedGradients(model, model.get_input_embeddings()), tokenizer)
+        return inp, algorithm.attribute(inp, target=target, n_steps=steps).seq_attr
+    if method == "input_x_gradient":
+        algorithm = LLMGradientAttribution(LayerGradientXActivation(model, model.get_input_embeddings()), tokenizer)
+        return inp, algorithm.attribute(inp, target=target).seq_attr
+    algorithm = {"lime": lambda: Lime(model, interpretable_model=SkLearnLasso(alpha=0.01)),
+                 "kernel_shap": lambda: KernelShap(model), "feature_ablation": lambda: FeatureAblation(model)}[method]()
+    kwargs = {} if method == "feature_ablation" else {"n_samples": n_samples}
+    result = LLMAttribution(algorithm, tokenizer).attribute(inp, target=target, forward_in_tokens=False, **kwargs)
+    return inp, result.seq_attr
+
+
+def compare(model, tokenizer, method, target_text, n_samples, steps, rtol=RTOL, atol=ATOL):
+    text = render(tokenizer, decision_conversation(TASK))
+    target = tokenizer(target_text, add_special_tokens=False).input_ids
+    inp, reference = stock(model, tokenizer, method, text, target, 0, n_samples, steps)
+    prompt = inp.inp_tensor[0].tolist()
+    positions = torch.nonzero(inp.itp_mask[0]).flatten().tolist()
+    params = AttributeParams(methods=(method,), n_samples=n_samples, ig_steps=steps, batch_size=16)
+    ours = attribute_sequence(model, Sequence(prompt, target, positions), method, params, baseline_id=0, seed=7)
+    reference = reference.detach().double().numpy()
+    assert ours.shape == reference.shape == (len(positions),)
+    assert np.abs(reference).max() > 0
+    np.testing.assert_allclose(ours, reference, rtol=rtol, atol=atol * np.abs(reference).max())
+
+
+METHODS = ["feature_ablation", "lime", "kernel_shap", "lig", "input_x_gradient"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_fp64(tiny_model):
+    return copy.deepcopy(tiny_model).double()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_equals_stock_captum_on_tiny_model(tiny_model_fp64, tokenizer, method):
+    compare(tiny_model_fp64, tokenizer, method, "B) carbon dioxide, since plants need it", n_samples=40, steps=6,
+            rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_equals_stock_captum_on_smollm2(smollm2, tokenizer, method):
+    compare(smollm2, tokenizer, method, "B) carbon dioxide", n_samples=24, steps=4)
