@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ def attribute_sequence(model, sequence: Sequence, method: str, params: Attribute
     keep_all = torch.ones(1, n_features, dtype=torch.long, device=model.device)
     torch.manual_seed(seed)  # the same masks for every target of a record
     if method in PERTURBATION:
-        with torch.inference_mode():
+        # Lasso on a few hundred samples often stops at max_iter; that is Captum's LIME as published
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*did not converge.*")
             if method == "lime":
                 algorithm = Lime(scorer, interpretable_model=SkLearnLasso(alpha=params.lime_alpha))
                 values = algorithm.attribute(keep_all, n_samples=params.n_samples,
