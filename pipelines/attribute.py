@@ -20,7 +20,7 @@ from pipelines.config import AttributeParams, Params
 from pipelines.layout import Sequence, record_sequences
 from pipelines.prompts import decision_conversation, explanation_conversation
 from pipelines.records import Appender, Attribution, Generation, existing_ids, read_records, write_json
-from pipelines.scorer import TargetScorer
+from pipelines.scorer import RecordScorer, TargetScorer
 
 log = logging.getLogger(__name__)
 
@@ -39,36 +39,35 @@ def baseline_token_id(tokenizer, choice: str | int) -> int:
     return named
 
 
-def attribute_sequence(model, sequence: Sequence, method: str, params: AttributeParams, baseline_id: int,
-                       seed: int):
-    """(F,) attribution of log p(target | prompt) to the feature positions, as a float64 numpy array."""
-    import numpy as np
+def perturbation_attribution(forward, n_features: int, method: str, params: AttributeParams, seed: int, device):
+    """(F,) Captum LIME / KernelSHAP / feature ablation of `forward`: (B, F) masks -> (B,) scores."""
     import torch
-    from captum.attr import (FeatureAblation, KernelShap, LayerGradientXActivation, LayerIntegratedGradients,
-                             Lime)
     from captum._utils.models.linear_model import SkLearnLasso
+    from captum.attr import FeatureAblation, KernelShap, Lime
 
-    n_features = len(sequence.feature_positions)
-    if not sequence.target_ids:  # an empty output has a log-probability of 0 under every perturbation
-        return np.zeros(n_features)
-    target = params.target if method in PERTURBATION else "sequence"
-    scorer = TargetScorer(model, sequence, baseline_id, params.batch_size, target)
-    keep_all = torch.ones(1, n_features, dtype=torch.long, device=model.device)
+    keep_all = torch.ones(1, n_features, dtype=torch.long, device=device)
     torch.manual_seed(seed)  # the same masks for every target of a record
-    if method in PERTURBATION:
-        # Lasso on a few hundred samples often stops at max_iter; that is Captum's LIME as published
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*did not converge.*")
-            if method == "lime":
-                algorithm = Lime(scorer, interpretable_model=SkLearnLasso(alpha=params.lime_alpha))
-                values = algorithm.attribute(keep_all, n_samples=params.n_samples,
-                                             perturbations_per_eval=params.batch_size)
-            elif method == "kernel_shap":
-                values = KernelShap(scorer).attribute(keep_all, n_samples=params.n_samples,
-                                                      perturbations_per_eval=params.batch_size)
-            else:
-                values = FeatureAblation(scorer).attribute(keep_all, perturbations_per_eval=params.batch_size)
-        return values[0].double().cpu().numpy()
+    # Lasso on a few hundred samples often stops at max_iter; that is Captum's LIME as published
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*did not converge.*")
+        if method == "lime":
+            values = Lime(forward, interpretable_model=SkLearnLasso(alpha=params.lime_alpha)).attribute(
+                keep_all, n_samples=params.n_samples, perturbations_per_eval=params.batch_size)
+        elif method == "kernel_shap":
+            values = KernelShap(forward).attribute(keep_all, n_samples=params.n_samples,
+                                                   perturbations_per_eval=params.batch_size)
+        else:
+            values = FeatureAblation(forward).attribute(keep_all, perturbations_per_eval=params.batch_size)
+    return values[0].double().cpu().numpy()
+
+
+def gradient_attribution(model, sequence: Sequence, method: str, params: AttributeParams, baseline_id: int):
+    """(F,) Captum layer IG / gradient x activation on the embedding layer, summed over its dimension."""
+    import torch
+    from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
+
+    scorer = TargetScorer(model, sequence, baseline_id, params.batch_size)
+    keep_all = torch.ones(1, len(sequence.feature_positions), dtype=torch.long, device=model.device)
     layer = model.get_input_embeddings()
     if method == "lig":
         values = LayerIntegratedGradients(scorer, layer).attribute(
@@ -77,6 +76,32 @@ def attribute_sequence(model, sequence: Sequence, method: str, params: Attribute
     else:  # input_x_gradient
         values = LayerGradientXActivation(scorer, layer).attribute(keep_all)
     return values.sum(-1)[0, scorer.positions].double().detach().cpu().numpy()
+
+
+def attribute_sequence(model, sequence: Sequence, method: str, params: AttributeParams, baseline_id: int,
+                       seed: int):
+    """(F,) attribution of one target on its own, as a float64 numpy array."""
+    import numpy as np
+
+    if not sequence.target_ids:  # an empty output has a log-probability of 0 under every perturbation
+        return np.zeros(len(sequence.feature_positions))
+    if method in PERTURBATION:
+        scorer = TargetScorer(model, sequence, baseline_id, params.batch_size, params.target)
+        return perturbation_attribution(scorer, len(sequence.feature_positions), method, params, seed, model.device)
+    return gradient_attribution(model, sequence, method, params, baseline_id)
+
+
+def attribute_record(model, sequences: list[Sequence], method: str, params: AttributeParams, baseline_id: int,
+                     seed: int) -> list:
+    """Vectors of the decision and each explanation; perturbation methods share masks and forwards."""
+    import numpy as np
+
+    if method not in PERTURBATION or params.target != "sequence" or params.features != "first_user_message":
+        return [attribute_sequence(model, s, method, params, baseline_id, seed) for s in sequences]
+    shared = RecordScorer(model, sequences[0], sequences[1:], baseline_id, params.batch_size)
+    n_features = len(sequences[0].feature_positions)
+    return [perturbation_attribution(shared.target(i), n_features, method, params, seed, model.device)
+            if s.target_ids else np.zeros(n_features) for i, s in enumerate(sequences)]
 
 
 def attribute_generation(model, tokenizer, generation: Generation, method: str, params: AttributeParams,
@@ -89,7 +114,7 @@ def attribute_generation(model, tokenizer, generation: Generation, method: str, 
     sequences = record_sequences(tokenizer, decision_conversation(task),
                                  explanation_conversation(task, generation.decision), generation.decision_ids,
                                  generation.explanation_ids, params.features, generation.id)
-    vectors = [attribute_sequence(model, s, method, params, baseline, seed) for s in sequences]
+    vectors = attribute_record(model, sequences, method, params, baseline, seed)
     for which, vector in zip(["decision"] + [f"explanation {i}" for i in range(len(vectors) - 1)], vectors):
         if not np.isfinite(vector).all():
             raise FloatingPointError(f"record {generation.id}, {method}, {which}: non-finite attribution")

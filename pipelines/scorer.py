@@ -31,9 +31,6 @@ class TargetScorer:
         self.baseline_id = baseline_id
         self.batch_size = batch_size
         self.target = target
-        vocab = model.config.vocab_size
-        per_row = max(1, len(sequence.target_ids) if target == "sequence" else 1) * vocab * 4
-        self.rows_per_chunk = max(1, min(batch_size, LOGIT_BUDGET_BYTES // per_row))
         self.forwards = 0  # perturbed sequences scored, for throughput accounting
 
     def token_ids(self, masks: torch.Tensor) -> torch.Tensor:
@@ -47,8 +44,7 @@ class TargetScorer:
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
         if masks.dim() == 1:
             masks = masks.unsqueeze(0)
-        return torch.cat([self._score(masks[i:i + self.rows_per_chunk])
-                          for i in range(0, masks.shape[0], self.rows_per_chunk)])
+        return torch.cat([self._score(masks[i:i + self.batch_size]) for i in range(0, masks.shape[0], self.batch_size)])
 
     def _score(self, masks: torch.Tensor) -> torch.Tensor:
         ids = self.token_ids(masks)
@@ -60,11 +56,88 @@ class TargetScorer:
             return logits.log_softmax(-1)[:, self.targets].sum(-1)
         # position t predicts token t + 1: the head runs only where a target token is predicted
         steps = hidden[:, self.prompt_len - 1: self.prompt_len - 1 + len(self.targets)]
-        logits = _at_least_fp32(self.model.get_output_embeddings()(steps))
-        picked = logits.gather(-1, self.targets.expand(ids.shape[0], -1).unsqueeze(-1)).squeeze(-1)
-        return (picked - logits.logsumexp(-1)).sum(-1)
-
+        return _sum_log_probs(self.model.get_output_embeddings(), steps, self.targets)
 
 def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
     # bf16 log-softmax loses the small differences attribution is made of; fp64 (tests) stays fp64
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+class RecordScorer:
+    """All targets of one record (decision + k explanations) under the same masks, sharing the work.
+
+    The explanation prompt [question; decision; why-turn] holds the decision prompt and the decision's
+    own tokens as its prefix, so one forward over the perturbed explanation prompt yields the
+    decision's log-probability, and its KV cache serves the k explanation continuations. Scores are
+    memoised by mask: Captum runs once per target with the same seed, and only the first run computes.
+    """
+
+    def __init__(self, model, decision: Sequence, explanations: list[Sequence], baseline_id: int, batch_size: int):
+        prompt = explanations[0].prompt_ids
+        if any(e.prompt_ids != prompt or e.feature_positions != decision.feature_positions for e in explanations):
+            raise ValueError("explanations of one record must share their prompt and features")
+        self.model, self.device = model, model.device
+        self.decision_len = len(decision.prompt_ids)
+        self.decision_inside = prompt[: self.decision_len + len(decision.target_ids)] == \
+            decision.prompt_ids + decision.target_ids
+        self.decision_alone = None if self.decision_inside else TargetScorer(model, decision, baseline_id, batch_size)
+        self.prefix = TargetScorer(model, Sequence(prompt, [], decision.feature_positions), baseline_id, batch_size)
+        self.decision_targets = torch.tensor(decision.target_ids, dtype=torch.long, device=self.device)
+        self.explanation_targets = [torch.tensor(e.target_ids, dtype=torch.long, device=self.device)
+                                    for e in explanations]
+        self.batch_size = batch_size
+        self.memo: dict[bytes, torch.Tensor] = {}
+        self.forwards = 0
+
+    def target(self, index: int):
+        """Forward function for Captum: (B, F) masks -> (B,) log-probs of target `index` (0 = decision)."""
+        def forward(masks: torch.Tensor) -> torch.Tensor:
+            if masks.dim() == 1:
+                masks = masks.unsqueeze(0)
+            keys = [bytes(row) for row in (masks.to("cpu") == 1).to(torch.uint8).numpy()]
+            missing = [i for i, key in enumerate(keys) if key not in self.memo]
+            for start in range(0, len(missing), self.batch_size):
+                rows = missing[start:start + self.batch_size]
+                for i, scores in zip(rows, self.all_targets(masks[rows])):
+                    self.memo[keys[i]] = scores
+            return torch.stack([self.memo[key][index] for key in keys]).to(self.device)
+        return forward
+
+    def all_targets(self, masks: torch.Tensor) -> torch.Tensor:
+        """(B, F) masks -> (B, 1 + k) log-probs: the decision, then each explanation."""
+        ids = self.prefix.token_ids(masks)
+        self.forwards += ids.shape[0]
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        out = decoder(input_ids=ids, use_cache=True)
+        hidden, cache = out.last_hidden_state, out.cache
+        if self.decision_inside:
+            steps = hidden[:, self.decision_len - 1: self.decision_len - 1 + len(self.decision_targets)]
+            decision = _sum_log_probs(head, steps, self.decision_targets)
+        else:
+            decision = self.decision_alone(masks)
+        scores = [decision]
+        last = hidden[:, -1:]
+        prefix_len = ids.shape[1]
+        for targets in self.explanation_targets:
+            if len(targets) == 0:
+                scores.append(torch.zeros_like(decision))
+                continue
+            steps = last
+            if len(targets) > 1:  # teacher forcing from the shared prefix's cache
+                more = decoder(input_ids=targets[:-1].expand(ids.shape[0], -1), cache=cache, use_cache=True)
+                steps = torch.cat([last, more.last_hidden_state], dim=1)
+                cache.crop(-(cache.get_seq_length() - prefix_len))
+            scores.append(_sum_log_probs(head, steps, targets))
+        return torch.stack(scores, dim=1)
+
+
+def _sum_log_probs(head, steps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) hidden states predicting (T,) targets -> (B,) summed log-probs, in row chunks so that
+    the (rows, T, vocab) logits stay under LOGIT_BUDGET_BYTES."""
+    rows = max(1, LOGIT_BUDGET_BYTES // max(1, steps.shape[1] * head.weight.shape[0] * 4))
+    sums = []
+    for start in range(0, steps.shape[0], rows):
+        logits = _at_least_fp32(head(steps[start:start + rows]))
+        picked = logits.gather(-1, targets.expand(logits.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+        sums.append((picked - logits.logsumexp(-1)).sum(-1))
+    return torch.cat(sums)

@@ -79,3 +79,23 @@ def test_equals_stock_captum_on_tiny_model(tiny_model_fp64, tokenizer, method):
 @pytest.mark.parametrize("method", METHODS)
 def test_equals_stock_captum_on_smollm2(smollm2, tokenizer, method):
     compare(smollm2, tokenizer, method, "B) carbon dioxide", n_samples=24, steps=4)
+
+
+@pytest.mark.parametrize("method", ["feature_ablation", "lime", "kernel_shap"])
+def test_shared_record_path_equals_one_attribution_per_target(tiny_model_fp64, tokenizer, method):
+    from pipelines.attribute import attribute_record
+    from pipelines.layout import record_sequences
+    from pipelines.prompts import explanation_conversation
+
+    decision = "B) carbon dioxide"
+    explanations = ["Plants use it for photosynthesis.", "It is what leaves take in.", ""]
+    sequences = record_sequences(
+        tokenizer, decision_conversation(TASK), explanation_conversation(TASK, decision),
+        tokenizer(decision, add_special_tokens=False).input_ids,
+        [tokenizer(e, add_special_tokens=False).input_ids for e in explanations], "first_user_message")
+    params = AttributeParams(methods=(method,), n_samples=30, batch_size=8)
+    shared = attribute_record(tiny_model_fp64, sequences, method, params, 0, seed=5)
+    for vector, sequence in zip(shared, sequences):
+        alone = attribute_sequence(tiny_model_fp64, sequence, method, params, 0, seed=5)
+        np.testing.assert_allclose(vector, alone, rtol=1e-6, atol=1e-6 * max(np.abs(alone).max(), 1e-12))
+    assert not shared[-1].any()  # the empty explanation

@@ -69,3 +69,45 @@ def test_first_position_target_is_a_bag_of_tokens(tiny_model, tokenizer):
         value = scorer(torch.ones(1, len(positions)))[0].item()
         log_probs = tiny_model(input_ids=torch.tensor([prompt])).logits[0, -1].float().log_softmax(-1)
     assert abs(value - float(2 * log_probs[100] + log_probs[200])) < 1e-4
+
+
+def record(tokenizer, decision_text, explanation_texts):
+    # generate stores the sampled ids and the stripped text, which the template re-tokenises
+    decision_ids = tokenizer(decision_text, add_special_tokens=False).input_ids
+    explanation_ids = [tokenizer(t, add_special_tokens=False).input_ids if t else [] for t in explanation_texts]
+    return record_sequences(tokenizer, decision_conversation(TASK),
+                            explanation_conversation(TASK, decision_text.strip()), decision_ids, explanation_ids,
+                            "first_user_message")
+
+
+def test_record_scorer_equals_one_scorer_per_target(tiny_model, tokenizer):
+    from pipelines.scorer import RecordScorer
+
+    sequences = record(tokenizer, "B) carbon dioxide", ["Plants take in CO2 to make sugar.", "", "Yes", "Because."])
+    shared = RecordScorer(tiny_model, sequences[0], sequences[1:], baseline_id=0, batch_size=4)
+    assert shared.decision_inside
+    torch.manual_seed(3)
+    masks = (torch.rand(7, len(sequences[0].feature_positions)) > 0.5).long()
+    with torch.inference_mode():
+        together = shared.all_targets(masks)
+        for index, sequence in enumerate(sequences):
+            alone = TargetScorer(tiny_model, sequence, 0)(masks)
+            torch.testing.assert_close(together[:, index], alone, rtol=1e-5, atol=1e-4)
+    assert shared.forwards == 7  # one prefix forward per mask serves all five targets
+
+
+def test_record_scorer_memoises_masks_across_targets(tiny_model, tokenizer):
+    from pipelines.scorer import RecordScorer
+
+    sequences = record(tokenizer, " B) carbon dioxide", ["Because plants breathe it."])
+    shared = RecordScorer(tiny_model, sequences[0], sequences[1:], baseline_id=0, batch_size=4)
+    assert not shared.decision_inside  # the sampled leading space is gone from the template's text
+    masks = torch.ones(3, len(sequences[0].feature_positions), dtype=torch.long)
+    masks[1, 0] = 0
+    masks[2, 1:] = 0
+    with torch.inference_mode():
+        first = shared.target(0)(masks)
+        second = shared.target(1)(masks)
+        torch.testing.assert_close(first, TargetScorer(tiny_model, sequences[0], 0)(masks), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(second, TargetScorer(tiny_model, sequences[1], 0)(masks), rtol=1e-5, atol=1e-4)
+    assert shared.forwards == 3 and len(shared.memo) == 3
