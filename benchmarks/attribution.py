@@ -39,6 +39,7 @@ def stock_attribution(model, tokenizer, method, prompt_ids, positions, target, p
     mask[0, positions] = True
     inp.itp_mask, inp.itp_tensor = mask, inp.inp_tensor[mask].unsqueeze(0)
     inp.n_itp_features = len(positions)
+    inp.values = tokenizer.convert_ids_to_tokens([prompt_ids[p] for p in positions])
     target = torch.tensor(target)
     torch.manual_seed(11)
     if method == "lig":

@@ -19,7 +19,8 @@ from typing import Any
 from pipelines.config import AttributeParams, Params
 from pipelines.layout import Sequence, record_sequences
 from pipelines.prompts import decision_conversation, explanation_conversation
-from pipelines.records import Appender, Attribution, Generation, existing_ids, read_records, write_json
+from pipelines.records import (Appender, Attribution, Generation, existing_ids, read_records, read_stage_input,
+                               write_json)
 from pipelines.scorer import RecordScorer, TargetScorer
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def attribute_generation(model, tokenizer, generation: Generation, method: str, 
         if method in PERTURBATION else "sequence", features=params.features, feature_tokens=tokens[0],
         decision=vectors[0].tolist(), explanation_feature_tokens=tokens[1:],
         explanations=[v.tolist() for v in vectors[1:]], baseline_token_id=baseline,
-        baseline_token=tokenizer.convert_ids_to_tokens(baseline), settings={**params.model_dump(), "seed": seed},
+        baseline_token=tokenizer.convert_ids_to_tokens(baseline), model=generation.model, settings={**params.model_dump(), "seed": seed},
         seconds=round(time.perf_counter() - started, 3))
 
 
@@ -136,9 +137,7 @@ def run(params: Params, fail_after: int | None = None) -> dict[str, Any]:
 
     data = Path(params.data_dir)
     source, out = data / "generations.jsonl", data / "attributions.jsonl"
-    if not source.exists():
-        raise FileNotFoundError(f"{source} not found: run `python -m pipelines generate` first")
-    generations = [Generation.from_dict(row) for row in read_records(source)]
+    generations = [Generation.from_dict(row) for row in read_stage_input(source, "generate")]
     done = existing_ids(out)
     todo = [(g, m) for g in generations for m in params.attribute.methods if f"{g.id}/{m}" not in done]
     started = time.perf_counter()

@@ -17,7 +17,7 @@ from typing import Any
 from pipelines.config import GenerateParams, Params
 from pipelines.layout import chat_ids
 from pipelines.prompts import decision_conversation, explanation_conversation, parse_answer
-from pipelines.records import Appender, Generation, Task, existing_ids, read_records, write_json
+from pipelines.records import Appender, Generation, Task, existing_ids, read_records, read_stage_input, write_json
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,7 @@ def run(params: Params) -> dict[str, Any]:
 
     data = Path(params.data_dir)
     source, out = data / "tasks.jsonl", data / "generations.jsonl"
-    if not source.exists():
-        raise FileNotFoundError(f"{source} not found: run `python -m pipelines tasks` first")
-    tasks = [Task.from_dict(row) for row in read_records(source)]
+    tasks = [Task.from_dict(row) for row in read_stage_input(source, "tasks")]
     done = existing_ids(out)
     todo = [t for t in tasks if t.id not in done]
     started = time.perf_counter()

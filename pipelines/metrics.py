@@ -60,8 +60,9 @@ def metric_functions(top_k: int) -> dict[str, Callable[[np.ndarray, np.ndarray],
             "top_k_overlap": lambda d, e: top_k_overlap(d, e, top_k)}
 
 
-def align_by_string(tokens_d: list[str], d: list[float], tokens_e: list[str], e: list[float]) -> tuple[np.ndarray, np.ndarray]:
+def align_by_string(tokens_d: list[str], d: list[float], tokens_e: list[str],
+                    e: list[float]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The released code's alignment: map token string -> value (last occurrence wins), keep shared strings."""
     by_d, by_e = dict(zip(tokens_d, d)), dict(zip(tokens_e, e))
     shared = [t for t in by_d if t in by_e]
-    return np.array([by_d[t] for t in shared], dtype=float), np.array([by_e[t] for t in shared], dtype=float)
+    return shared, np.array([by_d[t] for t in shared], dtype=float), np.array([by_e[t] for t in shared], dtype=float)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class Attribution:
     explanations: list[list[float]]
     baseline_token_id: int
     baseline_token: str
+    model: dict[str, Any]  # identity of the model attributed (the generating model's)
     settings: dict[str, Any]
     seconds: float
 
@@ -79,10 +80,6 @@ class Attribution:
 
 def to_dict(record: Any) -> dict[str, Any]:
     return asdict(record)
-
-
-def column_names(record_type: type) -> list[str]:
-    return [f.name for f in fields(record_type)]
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -108,6 +105,13 @@ def repair_tail(path: Path) -> None:
         end = data.rfind(b"\n") + 1
         if end != len(data):
             handle.truncate(end)
+
+
+def read_stage_input(path: Path, producer: str) -> list[dict[str, Any]]:
+    """The records a stage consumes; a missing file says which stage to run first."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `python -m pipelines {producer}` first")
+    return list(read_records(path))
 
 
 def existing_ids(path: Path) -> set[str]:

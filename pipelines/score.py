@@ -18,7 +18,7 @@ import numpy as np
 
 from pipelines.config import Params
 from pipelines.metrics import align_by_string, metric_functions
-from pipelines.records import read_records, write_json
+from pipelines.records import read_stage_input, write_json
 
 
 def score_attribution(attribution: dict[str, Any], generation: dict[str, Any], metrics: tuple[str, ...],
@@ -28,8 +28,9 @@ def score_attribution(attribution: dict[str, Any], generation: dict[str, Any], m
     rows = []
     for index, (tokens_e, vector_e) in enumerate(zip(attribution["explanation_feature_tokens"],
                                                      attribution["explanations"])):
+        tokens = attribution["feature_tokens"]
         if attribution["features"] == "string_aligned":
-            d, e = align_by_string(attribution["feature_tokens"], attribution["decision"], tokens_e, vector_e)
+            tokens, d, e = align_by_string(tokens, attribution["decision"], tokens_e, vector_e)
         else:
             d, e = np.asarray(attribution["decision"], float), np.asarray(vector_e, float)
             if d.shape != e.shape:
@@ -44,7 +45,7 @@ def score_attribution(attribution: dict[str, Any], generation: dict[str, Any], m
             "n_features": int(d.size),
             **{name: functions[name](d, e) for name in metrics},
             "decision_vector": d.tolist(), "explanation_vector": e.tolist(),
-            "feature_tokens": attribution["feature_tokens"], "model": generation["model"]["id"],
+            "feature_tokens": tokens, "model": generation["model"]["id"],
         })
     return rows
 
@@ -82,12 +83,11 @@ def run(params: Params) -> dict[str, Any]:
 
     data = Path(params.data_dir)
     attributions_path, generations_path = data / "attributions.jsonl", data / "generations.jsonl"
-    if not attributions_path.exists():
-        raise FileNotFoundError(f"{attributions_path} not found: run `python -m pipelines attribute` first")
     started = time.perf_counter()
-    generations = {row["id"]: row for row in read_records(generations_path)}
+    attributions = read_stage_input(attributions_path, "attribute")
+    generations = {row["id"]: row for row in read_stage_input(generations_path, "generate")}
     rows = []
-    for attribution in read_records(attributions_path):
+    for attribution in attributions:
         generation = generations.get(attribution["generation_id"])
         if generation is None:
             raise KeyError(f"attribution {attribution['id']}: generation {attribution['generation_id']} "

@@ -67,5 +67,5 @@ def test_top_k_overlap_is_jaccard_of_largest_magnitudes():
 
 
 def test_string_alignment_keeps_the_last_occurrence():
-    d, e = align_by_string(["a", "b", "a"], [1.0, 2.0, 3.0], ["b", "c", "a"], [4.0, 5.0, 6.0])
-    assert d.tolist() == [3.0, 2.0] and e.tolist() == [6.0, 4.0]
+    tokens, d, e = align_by_string(["a", "b", "a"], [1.0, 2.0, 3.0], ["b", "c", "a"], [4.0, 5.0, 6.0])
+    assert tokens == ["a", "b"] and d.tolist() == [3.0, 2.0] and e.tolist() == [6.0, 4.0]

@@ -100,3 +100,21 @@ def test_unknown_baseline_and_mismatched_vectors_are_clear_errors(tokenizer):
     with pytest.raises(ValueError, match="record g/lime: explanation 0 has 1 features, the decision 2"):
         score.score_attribution(bad, generation, ("spearman",), 5)
     assert np.isnan(score.score_attribution({**bad, "explanations": [[3.0, 3.0]]}, generation, ("spearman",), 5)[0]["spearman"])
+
+
+def test_released_code_modes_run_through_attribute_and_score(params):
+    tasks.run(params)
+    generate.run(params)
+    compat = params.model_copy(update={"attribute": params.attribute.model_copy(
+        update={"target": "first_position", "features": "string_aligned", "methods": ("feature_ablation",)})})
+    attribute.run(compat)
+    rows = list(read_records(Path(params.data_dir) / "attributions.jsonl"))
+    for row in rows:
+        assert (row["target"], row["features"]) == ("first_position", "string_aligned")
+        assert all(len(t) > len(row["feature_tokens"]) for t in row["explanation_feature_tokens"])  # whole prompts
+        assert row["model"]["source"] == "local"
+    score.run(compat)
+    bank = pd.read_parquet(Path(params.data_dir) / "bank.parquet")
+    assert len(bank) == 12 and (bank["n_features"] == bank["feature_tokens"].map(len)).all()
+    assert (bank["n_features"] == bank["decision_vector"].map(len)).all()
+    assert bank["spearman"].dropna().between(-1, 1).all()
