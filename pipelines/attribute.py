@@ -2,10 +2,10 @@
 
     python -m pipelines attribute [--params params.yaml]   # data/generations.jsonl -> data/attributions.jsonl
 
-Each method is a stock Captum algorithm whose forward function is our batched `TargetScorer`. One
-record per (generation, method) holds the decision's vector and one vector per explanation. The
-perturbation methods are seeded identically for every target of a record, so the decision and its
-explanations are attributed under the same perturbation masks.
+Each method is a stock Captum algorithm whose forward function is our batched scorer. One record per
+(generation, method) holds the decision's vector and one vector per explanation. The perturbation
+methods are seeded identically for every target of a record, so the decision and its explanations are
+attributed under the same masks, and `RecordScorer` computes each mask's scores for all targets at once.
 """
 
 from __future__ import annotations
