@@ -71,6 +71,8 @@ def gradient_attribution(model, sequence: Sequence, method: str, params: Attribu
     keep_all = torch.ones(1, len(sequence.feature_positions), dtype=torch.long, device=model.device)
     layer = model.get_input_embeddings()
     if method == "lig":
+        # internal_batch_size == the scorer's batch size: a forward split further would see the layer
+        # hook's interpolated embeddings for the whole batch in every chunk
         values = LayerIntegratedGradients(scorer, layer).attribute(
             keep_all, baselines=torch.zeros_like(keep_all), n_steps=params.ig_steps,
             internal_batch_size=params.batch_size)

@@ -58,6 +58,7 @@ class TargetScorer:
         steps = hidden[:, self.prompt_len - 1: self.prompt_len - 1 + len(self.targets)]
         return _sum_log_probs(self.model.get_output_embeddings(), steps, self.targets)
 
+
 def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
     # bf16 log-softmax loses the small differences attribution is made of; fp64 (tests) stays fp64
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
