@@ -127,8 +127,8 @@ def attribute_generation(model, tokenizer, generation: Generation, method: str, 
         if method in PERTURBATION else "sequence", features=params.features, feature_tokens=tokens[0],
         decision=vectors[0].tolist(), explanation_feature_tokens=tokens[1:],
         explanations=[v.tolist() for v in vectors[1:]], baseline_token_id=baseline,
-        baseline_token=tokenizer.convert_ids_to_tokens(baseline), model=generation.model, settings={**params.model_dump(), "seed": seed},
-        seconds=round(time.perf_counter() - started, 3))
+        baseline_token=tokenizer.convert_ids_to_tokens(baseline), model=generation.model,
+        settings={**params.model_dump(), "seed": seed}, seconds=round(time.perf_counter() - started, 3))
 
 
 def run(params: Params, fail_after: int | None = None) -> dict[str, Any]:

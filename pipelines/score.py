@@ -50,29 +50,32 @@ def score_attribution(attribution: dict[str, Any], generation: dict[str, Any], m
     return rows
 
 
+def _rounded(value) -> float | None:
+    """JSON-friendly: NaN (undefined) becomes null."""
+    return None if value is None or np.isnan(value) else round(float(value), 4)
+
+
 def spread(table, metric: str) -> dict[str, float | None]:
     """Within-decision vs between-decision variation of one metric (the paper's argument about cosine)."""
     grouped = table.dropna(subset=[metric]).groupby("generation_id")[metric]
     within = grouped.std(ddof=0).mean()
     between = grouped.mean().std(ddof=0)
-    as_float = lambda v: None if v is None or np.isnan(v) else round(float(v), 4)  # noqa: E731
-    return {"within_decision_std": as_float(within), "between_decision_std": as_float(between),
-            "within_to_between": as_float(within / between) if between else None}
+    return {"within_decision_std": _rounded(within), "between_decision_std": _rounded(between),
+            "within_to_between": _rounded(within / between) if between else None}
 
 
 def summarize(table, metrics: tuple[str, ...]) -> dict[str, Any]:
-    clean = lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else round(float(v), 4)  # noqa: E731
     summary: dict[str, Any] = {}
     for method, rows in table.groupby("method"):
         graded = rows[rows["correct"].notna()]
         summary[method] = {
             "explanations": len(rows), "decisions": int(rows["generation_id"].nunique()),
-            "mean": {m: clean(rows[m].mean()) for m in metrics},
+            "mean": {m: _rounded(rows[m].mean()) for m in metrics},
             "undefined": {m: int(rows[m].isna().sum()) for m in metrics},
-            "by_correctness": {label: {m: clean(part[m].mean()) for m in metrics} | {"explanations": len(part)}
+            "by_correctness": {label: {m: _rounded(part[m].mean()) for m in metrics} | {"explanations": len(part)}
                                for label, part in (("correct", graded[graded["correct"].astype(bool)]),
                                                    ("incorrect", graded[~graded["correct"].astype(bool)]))},
-            "by_dataset": {d: {m: clean(part[m].mean()) for m in metrics} for d, part in rows.groupby("dataset")},
+            "by_dataset": {d: {m: _rounded(part[m].mean()) for m in metrics} for d, part in rows.groupby("dataset")},
             "spread": {m: spread(rows, m) for m in metrics},
         }
     return summary

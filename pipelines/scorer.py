@@ -18,6 +18,15 @@ from pipelines.layout import Sequence
 LOGIT_BUDGET_BYTES = 256 * 2**20  # cap on one chunk's fp32 (rows, target, vocab) logits
 
 
+def perturbed_ids(ids: torch.Tensor, positions: torch.Tensor, masks: torch.Tensor, baseline_id: int) -> torch.Tensor:
+    """(L,) ids and (B, F) masks -> (B, L) ids with the removed features replaced by the baseline token."""
+    batch = ids.expand(masks.shape[0], -1).clone()
+    features = batch[:, positions]
+    removed = masks.to(ids.device) != 1
+    batch[:, positions] = torch.where(removed, torch.full_like(features, baseline_id), features)
+    return batch
+
+
 class TargetScorer:
     def __init__(self, model, sequence: Sequence, baseline_id: int, batch_size: int = 32,
                  target: Literal["sequence", "first_position"] = "sequence"):
@@ -33,21 +42,13 @@ class TargetScorer:
         self.target = target
         self.forwards = 0  # perturbed sequences scored, for throughput accounting
 
-    def token_ids(self, masks: torch.Tensor) -> torch.Tensor:
-        """(B, F) masks -> (B, L) ids with removed features replaced by the baseline token."""
-        ids = self.ids.expand(masks.shape[0], -1).clone()
-        removed = masks.to(self.device) != 1
-        feature_ids = ids[:, self.positions]
-        ids[:, self.positions] = torch.where(removed, torch.full_like(feature_ids, self.baseline_id), feature_ids)
-        return ids
-
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
         if masks.dim() == 1:
             masks = masks.unsqueeze(0)
         return torch.cat([self._score(masks[i:i + self.batch_size]) for i in range(0, masks.shape[0], self.batch_size)])
 
     def _score(self, masks: torch.Tensor) -> torch.Tensor:
-        ids = self.token_ids(masks)
+        ids = perturbed_ids(self.ids, self.positions, masks, self.baseline_id)
         self.forwards += ids.shape[0]
         hidden = self.model.get_decoder()(input_ids=ids).last_hidden_state
         if self.target == "first_position":
@@ -82,7 +83,9 @@ class RecordScorer:
         self.decision_inside = prompt[: self.decision_len + len(decision.target_ids)] == \
             decision.prompt_ids + decision.target_ids
         self.decision_alone = None if self.decision_inside else TargetScorer(model, decision, baseline_id, batch_size)
-        self.prefix = TargetScorer(model, Sequence(prompt, [], decision.feature_positions), baseline_id, batch_size)
+        self.prompt = torch.tensor(prompt, device=self.device)
+        self.positions = torch.tensor(decision.feature_positions, dtype=torch.long, device=self.device)
+        self.baseline_id = baseline_id
         self.decision_targets = torch.tensor(decision.target_ids, dtype=torch.long, device=self.device)
         self.explanation_targets = [torch.tensor(e.target_ids, dtype=torch.long, device=self.device)
                                     for e in explanations]
@@ -106,7 +109,7 @@ class RecordScorer:
 
     def all_targets(self, masks: torch.Tensor) -> torch.Tensor:
         """(B, F) masks -> (B, 1 + k) log-probs: the decision, then each explanation."""
-        ids = self.prefix.token_ids(masks)
+        ids = perturbed_ids(self.prompt, self.positions, masks, self.baseline_id)
         self.forwards += ids.shape[0]
         decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
         out = decoder(input_ids=ids, use_cache=True)
