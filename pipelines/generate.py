@@ -30,7 +30,10 @@ def stop_token_ids(model, tokenizer) -> set[int]:
 
 def sample(model, prompts: list[list[int]], seeds: list[int], max_new_tokens: int, temperature: float,
            top_p: float, stop_ids: set[int], pad_id: int) -> list[list[int]]:
-    """Sample one continuation per prompt (left-padded batch, KV cache); stop tokens are not returned."""
+    """Sample one continuation per prompt (left-padded batch, KV cache); stop tokens are not returned.
+
+    A sequence that stops leaves the batch (and the cache) at once, so the batch costs what its
+    live sequences cost, not max_new_tokens times its size."""
     import torch
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
@@ -41,27 +44,32 @@ def sample(model, prompts: list[list[int]], seeds: list[int], max_new_tokens: in
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)]
-    stops = torch.tensor(sorted(stop_ids), device=device)
     outputs: list[list[int]] = [[] for _ in prompts]
-    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    live = list(range(len(prompts)))  # rows still sampling, in the cache's batch order
     with torch.inference_mode():
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
-        for _ in range(max_new_tokens):
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                    logits_to_keep=1)
+        for step in range(max_new_tokens):
             scores = out.logits[:, -1].float()
             for warp in warpers:
-                scores = warp(input_ids, scores)
+                scores = warp(None, scores)  # neither warper looks at the ids
             probs = scores.softmax(-1)
-            chosen = torch.cat([torch.multinomial(probs[i], 1, generator=generators[i]) for i in range(len(prompts))])
-            chosen = torch.where(finished, torch.full_like(chosen, pad_id), chosen)
-            for i in torch.nonzero(~finished & ~torch.isin(chosen, stops)).flatten().tolist():
-                outputs[i].append(int(chosen[i]))
-            finished |= torch.isin(chosen, stops)
-            if bool(finished.all()):
+            chosen = [int(torch.multinomial(probs[n], 1, generator=generators[row])) for n, row in enumerate(live)]
+            going = [n for n, token in enumerate(chosen) if token not in stop_ids]
+            for n in going:
+                outputs[live[n]].append(chosen[n])
+            if not going or step == max_new_tokens - 1:
                 break
+            cache = out.cache
+            if len(going) < len(live):
+                keep = torch.tensor(going, device=device)
+                cache.batch_select_indices(keep)
+                attention, positions = attention[keep], positions[keep]
+                live, chosen = [live[n] for n in going], [chosen[n] for n in going]
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
-            out = model(input_ids=chosen[:, None], attention_mask=attention, position_ids=positions,
-                        cache=out.cache, use_cache=True)
+            out = model(input_ids=torch.tensor(chosen, device=device)[:, None], attention_mask=attention,
+                        position_ids=positions, cache=cache, use_cache=True)
     return outputs
 
 

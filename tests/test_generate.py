@@ -44,3 +44,15 @@ def test_generation_records(tiny_model, tokenizer):
         assert record.settings["chat_template_sha256"]
     again = generate(tiny_model, tokenizer, TASKS[1:], params, seed=42, identity={"id": "tiny"})
     assert [r.explanations for r in again] == [r.explanations for r in records[1:]]
+
+
+def test_rows_that_stop_early_leave_the_batch_without_disturbing_the_others(tiny_model, tokenizer):
+    prompts = [chat_ids(tokenizer, decision_conversation(t)) for t in TASKS]
+    free = sample(tiny_model, prompts, [5, 6, 7], 10, 0.7, 0.9, set(), tokenizer.pad_token_id)
+    stop = free[0][2]  # row 0 stops after at most two tokens; the others run on
+    batch = sample(tiny_model, prompts, [5, 6, 7], 10, 0.7, 0.9, {stop}, tokenizer.pad_token_id)
+    alone = [sample(tiny_model, [p], [s], 10, 0.7, 0.9, {stop}, tokenizer.pad_token_id)[0]
+             for p, s in zip(prompts, [5, 6, 7])]
+    assert batch == alone
+    assert len(batch[0]) <= 2 and stop not in batch[0]
+    assert max(len(b) for b in batch[1:]) > 2
