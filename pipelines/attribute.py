@@ -21,7 +21,7 @@ from pipelines.layout import Sequence, record_sequences
 from pipelines.prompts import decision_conversation, explanation_conversation
 from pipelines.records import (Appender, Attribution, Generation, existing_ids, read_records, read_stage_input,
                                write_json)
-from pipelines.scorer import RecordScorer, TargetScorer
+from pipelines.scorer import RecordScorer, TargetScorer, rows_within_budget
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,18 @@ def baseline_token_id(tokenizer, choice: str | int) -> int:
     return named
 
 
-def perturbation_attribution(forward, n_features: int, method: str, params: AttributeParams, seed: int, device):
+def batch_rows(model, length: int, params: AttributeParams, backward: bool = False) -> int:
+    """Sequences per forward: batch_size, unless the memory budget (or free GPU memory) allows fewer."""
+    import torch
+
+    budget = params.memory_budget_mb * 2**20
+    if model.device.type == "cuda":
+        budget = min(budget, 0.9 * torch.cuda.mem_get_info(model.device)[0])
+    return min(params.batch_size, rows_within_budget(model, length, budget, backward))
+
+
+def perturbation_attribution(forward, n_features: int, method: str, params: AttributeParams, seed: int, device,
+                             rows: int):
     """(F,) Captum LIME / KernelSHAP / feature ablation of `forward`: (B, F) masks -> (B,) scores."""
     import torch
     from captum._utils.models.linear_model import SkLearnLasso
@@ -53,12 +64,12 @@ def perturbation_attribution(forward, n_features: int, method: str, params: Attr
         warnings.filterwarnings("ignore", message=".*did not converge.*")
         if method == "lime":
             values = Lime(forward, interpretable_model=SkLearnLasso(alpha=params.lime_alpha)).attribute(
-                keep_all, n_samples=params.n_samples, perturbations_per_eval=params.batch_size)
+                keep_all, n_samples=params.n_samples, perturbations_per_eval=rows)
         elif method == "kernel_shap":
             values = KernelShap(forward).attribute(keep_all, n_samples=params.n_samples,
-                                                   perturbations_per_eval=params.batch_size)
+                                                   perturbations_per_eval=rows)
         else:
-            values = FeatureAblation(forward).attribute(keep_all, perturbations_per_eval=params.batch_size)
+            values = FeatureAblation(forward).attribute(keep_all, perturbations_per_eval=rows)
     return values[0].double().cpu().numpy()
 
 
@@ -67,7 +78,8 @@ def gradient_attribution(model, sequence: Sequence, method: str, params: Attribu
     import torch
     from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 
-    scorer = TargetScorer(model, sequence, baseline_id, params.batch_size)
+    rows = batch_rows(model, len(sequence.prompt_ids) + len(sequence.target_ids), params, backward=True)
+    scorer = TargetScorer(model, sequence, baseline_id, rows)
     keep_all = torch.ones(1, len(sequence.feature_positions), dtype=torch.long, device=model.device)
     layer = model.get_input_embeddings()
     if method == "lig":
@@ -75,7 +87,7 @@ def gradient_attribution(model, sequence: Sequence, method: str, params: Attribu
         # hook's interpolated embeddings for the whole batch in every chunk
         values = LayerIntegratedGradients(scorer, layer).attribute(
             keep_all, baselines=torch.zeros_like(keep_all), n_steps=params.ig_steps,
-            internal_batch_size=params.batch_size)
+            internal_batch_size=rows)
     else:  # input_x_gradient
         values = LayerGradientXActivation(scorer, layer).attribute(keep_all)
     return values.sum(-1)[0, scorer.positions].double().detach().cpu().numpy()
@@ -89,8 +101,10 @@ def attribute_sequence(model, sequence: Sequence, method: str, params: Attribute
     if not sequence.target_ids:  # an empty output has a log-probability of 0 under every perturbation
         return np.zeros(len(sequence.feature_positions))
     if method in PERTURBATION:
-        scorer = TargetScorer(model, sequence, baseline_id, params.batch_size, params.target)
-        return perturbation_attribution(scorer, len(sequence.feature_positions), method, params, seed, model.device)
+        rows = batch_rows(model, len(sequence.prompt_ids) + len(sequence.target_ids), params)
+        scorer = TargetScorer(model, sequence, baseline_id, rows, params.target)
+        return perturbation_attribution(scorer, len(sequence.feature_positions), method, params, seed, model.device,
+                                        rows)
     return gradient_attribution(model, sequence, method, params, baseline_id)
 
 
@@ -101,9 +115,11 @@ def attribute_record(model, sequences: list[Sequence], method: str, params: Attr
 
     if method not in PERTURBATION or params.target != "sequence" or params.features != "first_user_message":
         return [attribute_sequence(model, s, method, params, baseline_id, seed) for s in sequences]
-    shared = RecordScorer(model, sequences[0], sequences[1:], baseline_id, params.batch_size)
+    longest = len(sequences[1].prompt_ids) + max(len(s.target_ids) for s in sequences[1:])
+    rows = batch_rows(model, longest, params)
+    shared = RecordScorer(model, sequences[0], sequences[1:], baseline_id, rows)
     n_features = len(sequences[0].feature_positions)
-    return [perturbation_attribution(shared.target(i), n_features, method, params, seed, model.device)
+    return [perturbation_attribution(shared.target(i), n_features, method, params, seed, model.device, rows)
             if s.target_ids else np.zeros(n_features) for i, s in enumerate(sequences)]
 
 

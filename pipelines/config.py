@@ -109,7 +109,10 @@ class AttributeParams(Section):
     n_samples: int = Field(500, ge=2, description="LIME / KernelSHAP perturbation samples.")
     lime_alpha: float = Field(0.01, gt=0, description="Lasso alpha of LIME's surrogate.")
     ig_steps: int = Field(25, ge=2, description="Integrated-gradients steps (Gauss-Legendre).")
-    batch_size: int = Field(32, ge=1, description="Perturbed sequences per forward pass.")
+    batch_size: int = Field(32, ge=1, description="Perturbed sequences per forward pass, at most.")
+    memory_budget_mb: int = Field(
+        2048, ge=64, description="Activation memory one forward may use; caps batch_size for long sequences "
+        "(on CUDA also capped by 90% of the free device memory).")
 
     @field_validator("methods")
     @classmethod

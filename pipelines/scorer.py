@@ -40,7 +40,8 @@ class TargetScorer:
         self.baseline_id = baseline_id
         self.batch_size = batch_size
         self.target = target
-        self.forwards = 0  # perturbed sequences scored, for throughput accounting
+        self.forwards = 0  # perturbed sequences scored
+        self.tokens = 0  # token positions run through the decoder, for throughput accounting
 
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
         if masks.dim() == 1:
@@ -50,6 +51,7 @@ class TargetScorer:
     def _score(self, masks: torch.Tensor) -> torch.Tensor:
         ids = perturbed_ids(self.ids, self.positions, masks, self.baseline_id)
         self.forwards += ids.shape[0]
+        self.tokens += ids.numel()
         hidden = self.model.get_decoder()(input_ids=ids).last_hidden_state
         if self.target == "first_position":
             # released code: every target token scored at the first output position (a bag of tokens)
@@ -58,6 +60,24 @@ class TargetScorer:
         # position t predicts token t + 1: the head runs only where a target token is predicted
         steps = hidden[:, self.prompt_len - 1: self.prompt_len - 1 + len(self.targets)]
         return _sum_log_probs(self.model.get_output_embeddings(), steps, self.targets)
+
+
+def rows_within_budget(model, length: int, budget_bytes: float, backward: bool = False) -> int:
+    """How many sequences of `length` tokens one forward (and backward) may take within the budget.
+
+    Counts the KV cache of every layer (kept for the shared prefix), one layer's transient tensors
+    (attention scores included), and for gradient methods the activations autograd keeps per layer.
+    Logits are chunked separately (LOGIT_BUDGET_BYTES)."""
+    config = model.config
+    size = next(model.parameters()).element_size()
+    hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    per_token = layers * 2 * kv * head_dim + 4 * hidden + 3 * inter + heads * length
+    if backward:
+        per_token += layers * (10 * hidden + 4 * inter)
+    return max(1, int(budget_bytes // (length * per_token * size)))
 
 
 def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
@@ -92,6 +112,7 @@ class RecordScorer:
         self.batch_size = batch_size
         self.memo: dict[bytes, torch.Tensor] = {}
         self.forwards = 0
+        self.tokens = 0
 
     def target(self, index: int):
         """Forward function for Captum: (B, F) masks -> (B,) log-probs of target `index` (0 = decision)."""
@@ -111,6 +132,7 @@ class RecordScorer:
         """(B, F) masks -> (B, 1 + k) log-probs: the decision, then each explanation."""
         ids = perturbed_ids(self.prompt, self.positions, masks, self.baseline_id)
         self.forwards += ids.shape[0]
+        self.tokens += ids.numel() + ids.shape[0] * sum(max(0, len(t) - 1) for t in self.explanation_targets)
         decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
         out = decoder(input_ids=ids, use_cache=True)
         hidden, cache = out.last_hidden_state, out.cache

@@ -99,3 +99,20 @@ def test_shared_record_path_equals_one_attribution_per_target(tiny_model_fp64, t
         alone = attribute_sequence(tiny_model_fp64, sequence, method, params, 0, seed=5)
         np.testing.assert_allclose(vector, alone, rtol=1e-6, atol=1e-6 * max(np.abs(alone).max(), 1e-12))
     assert not shared[-1].any()  # the empty explanation
+
+
+@pytest.mark.parametrize("method", ["lime", "lig"])
+def test_memory_budget_changes_batching_not_values(tiny_model_fp64, tokenizer, method):
+    from pipelines.attribute import batch_rows
+    from pipelines.layout import first_user_message_positions
+
+    prompt, positions = first_user_message_positions(tokenizer, decision_conversation(TASK))
+    sequence = Sequence(prompt, tokenizer(" carbon dioxide", add_special_tokens=False).input_ids, positions)
+    roomy = AttributeParams(methods=(method,), n_samples=20, ig_steps=6, batch_size=16)
+    tight = roomy.model_copy(update={"memory_budget_mb": 1})  # below the schema minimum: a 1-row batch here
+    length = len(prompt) + len(sequence.target_ids)
+    assert batch_rows(tiny_model_fp64, length, tight, backward=True) < batch_rows(tiny_model_fp64, length, roomy,
+                                                                                   backward=True)
+    np.testing.assert_allclose(attribute_sequence(tiny_model_fp64, sequence, method, tight, 0, seed=3),
+                               attribute_sequence(tiny_model_fp64, sequence, method, roomy, 0, seed=3),
+                               rtol=1e-6, atol=1e-9)
