@@ -79,7 +79,7 @@ def gradient_attribution(model, sequence: Sequence, method: str, params: Attribu
     from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 
     rows = batch_rows(model, len(sequence.prompt_ids) + len(sequence.target_ids), params, backward=True)
-    scorer = TargetScorer(model, sequence, baseline_id, rows)
+    scorer = TargetScorer(model, sequence, baseline_id, rows, share_prefix=False)
     keep_all = torch.ones(1, len(sequence.feature_positions), dtype=torch.long, device=model.device)
     layer = model.get_input_embeddings()
     if method == "lig":

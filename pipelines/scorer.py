@@ -27,9 +27,44 @@ def perturbed_ids(ids: torch.Tensor, positions: torch.Tensor, masks: torch.Tenso
     return batch
 
 
+class UnperturbedPrefix:
+    """Run a batch of perturbed copies of one sequence from its first perturbed position only.
+
+    The tokens before the first position any row of the batch removes (the chat template's header and
+    system block always; for feature ablation, every feature before the ablated ones) are the same in
+    every row and in the unperturbed sequence: their keys and values are computed once and shared."""
+
+    def __init__(self, model, ids: torch.Tensor, positions: torch.Tensor):
+        self.model, self.ids, self.positions = model, ids, positions
+        self._state = None
+
+    def _unperturbed(self):
+        if self._state is None:
+            out = self.model.get_decoder()(input_ids=self.ids[None], use_cache=True)
+            self._state = ([(layer.keys, layer.values) for layer in out.cache.layers], out.last_hidden_state)
+        return self._state
+
+    def forward(self, ids: torch.Tensor, masks: torch.Tensor):
+        """(B, L) perturbed ids and their (B, F) masks -> (B, L, H) hidden states, the cache, tokens run."""
+        from transformers import DynamicCache
+
+        layers, hidden = self._unperturbed()
+        touched = (masks.to(self.ids.device) != 1).any(0)
+        # at least the last token runs, so that the cache and the hidden states cover the whole batch
+        start = min(int(self.positions[touched].min()) if bool(touched.any()) else len(self.ids), len(self.ids) - 1)
+        rows = ids.shape[0]
+        cache = DynamicCache(config=self.model.config)
+        for index, (keys, values) in enumerate(layers):
+            cache.update(keys[:, :, :start].expand(rows, -1, -1, -1), values[:, :, :start].expand(rows, -1, -1, -1),
+                         index)
+        out = self.model.get_decoder()(input_ids=ids[:, start:], cache=cache, use_cache=True)
+        full = torch.cat([hidden[:, :start].expand(rows, -1, -1), out.last_hidden_state], dim=1)
+        return full, out.cache, rows * (ids.shape[1] - start)
+
+
 class TargetScorer:
     def __init__(self, model, sequence: Sequence, baseline_id: int, batch_size: int = 32,
-                 target: Literal["sequence", "first_position"] = "sequence"):
+                 target: Literal["sequence", "first_position"] = "sequence", share_prefix: bool = True):
         self.model = model
         self.device = model.device
         self.prompt_len = len(sequence.prompt_ids)
@@ -40,6 +75,8 @@ class TargetScorer:
         self.baseline_id = baseline_id
         self.batch_size = batch_size
         self.target = target
+        # gradient methods hook the embedding layer, which must then see every position of every row
+        self.prefix = UnperturbedPrefix(model, self.ids, self.positions) if share_prefix else None
         self.forwards = 0  # perturbed sequences scored
         self.tokens = 0  # token positions run through the decoder, for throughput accounting
 
@@ -51,8 +88,12 @@ class TargetScorer:
     def _score(self, masks: torch.Tensor) -> torch.Tensor:
         ids = perturbed_ids(self.ids, self.positions, masks, self.baseline_id)
         self.forwards += ids.shape[0]
-        self.tokens += ids.numel()
-        hidden = self.model.get_decoder()(input_ids=ids).last_hidden_state
+        if self.prefix is None:
+            hidden = self.model.get_decoder()(input_ids=ids).last_hidden_state
+            self.tokens += ids.numel()
+        else:
+            hidden, _, tokens = self.prefix.forward(ids, masks)
+            self.tokens += tokens
         if self.target == "first_position":
             # released code: every target token scored at the first output position (a bag of tokens)
             logits = _at_least_fp32(self.model.get_output_embeddings()(hidden[:, self.prompt_len - 1]))
@@ -106,6 +147,7 @@ class RecordScorer:
         self.prompt = torch.tensor(prompt, device=self.device)
         self.positions = torch.tensor(decision.feature_positions, dtype=torch.long, device=self.device)
         self.baseline_id = baseline_id
+        self.prefix = UnperturbedPrefix(model, self.prompt, self.positions)
         self.decision_targets = torch.tensor(decision.target_ids, dtype=torch.long, device=self.device)
         self.explanation_targets = [torch.tensor(e.target_ids, dtype=torch.long, device=self.device)
                                     for e in explanations]
@@ -132,10 +174,9 @@ class RecordScorer:
         """(B, F) masks -> (B, 1 + k) log-probs: the decision, then each explanation."""
         ids = perturbed_ids(self.prompt, self.positions, masks, self.baseline_id)
         self.forwards += ids.shape[0]
-        self.tokens += ids.numel() + ids.shape[0] * sum(max(0, len(t) - 1) for t in self.explanation_targets)
         decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
-        out = decoder(input_ids=ids, use_cache=True)
-        hidden, cache = out.last_hidden_state, out.cache
+        hidden, cache, tokens = self.prefix.forward(ids, masks)
+        self.tokens += tokens + ids.shape[0] * sum(max(0, len(t) - 1) for t in self.explanation_targets)
         if self.decision_inside:
             steps = hidden[:, self.decision_len - 1: self.decision_len - 1 + len(self.decision_targets)]
             decision = _sum_log_probs(head, steps, self.decision_targets)

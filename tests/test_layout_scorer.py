@@ -111,3 +111,19 @@ def test_record_scorer_memoises_masks_across_targets(tiny_model, tokenizer):
         torch.testing.assert_close(first, TargetScorer(tiny_model, sequences[0], 0)(masks), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(second, TargetScorer(tiny_model, sequences[1], 0)(masks), rtol=1e-5, atol=1e-4)
     assert shared.forwards == 3 and len(shared.memo) == 3
+
+
+def test_batches_start_at_their_first_perturbed_position(tiny_model, tokenizer):
+    prompt, positions = first_user_message_positions(tokenizer, decision_conversation(TASK))
+    sequence = Sequence(prompt, tokenizer(" carbon dioxide", add_special_tokens=False).input_ids, positions)
+    shared, plain = TargetScorer(tiny_model, sequence, 0), TargetScorer(tiny_model, sequence, 0, share_prefix=False)
+    late = torch.ones(3, len(positions), dtype=torch.long)
+    late[0, -1] = 0
+    late[1, -3:] = 0
+    untouched = torch.ones(2, len(positions), dtype=torch.long)
+    with torch.inference_mode():
+        for masks in (late, untouched):
+            torch.testing.assert_close(shared(masks), plain(masks), rtol=1e-5, atol=1e-4)
+    full = len(prompt) + len(sequence.target_ids)
+    assert plain.tokens == 5 * full
+    assert shared.tokens == 3 * (full - positions[-3]) + 2 * 1  # an untouched batch reruns one token
