@@ -1,7 +1,7 @@
 """The one CLI: python -m pipelines <stage> [--params FILE] [--set key=value ...]
 
 Stages run in flow order, each reading the previous stage's output under `data_dir`:
-tasks -> generate -> attribute -> score. `all` runs them in turn (the README's main job).
+tasks -> generate -> attribute -> score -> pair -> train. `all` runs them in turn (the README's main job).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 import yaml
 
-STAGES = ("tasks", "generate", "attribute", "score")
+STAGES = ("tasks", "generate", "attribute", "score", "pair", "train")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:

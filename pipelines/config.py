@@ -143,6 +143,48 @@ class ScoreParams(Section):
         return value
 
 
+class PairParams(Section):
+    method: str | None = Field(
+        None, description="Attribution method whose scores rank the explanations (default: the first of "
+        "attribute.methods).")
+    metric: str = Field("spearman", description="The score: chosen = highest, rejected = lowest.")
+    min_margin: float = Field(0.0, ge=0, description="Drop pairs whose chosen - rejected score is below this.")
+    keep_ties: bool = Field(
+        False, description="Keep pairs with equal scores or identical texts (the released code keeps them).")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric {value!r}; choose from {list(METRICS)}")
+        return value
+
+
+class TrainParams(Section):
+    algorithms: tuple[Literal["dpo", "sft"], ...] = Field(("dpo", "sft"), min_length=1)
+    beta: float = Field(5.0, gt=0, description="DPO beta; the released code swept 3-10 (TRL's default: 0.1).")
+    loss_type: str = Field("sigmoid", description="DPO loss (TRL loss_type).")
+    learning_rate: float = Field(5e-6, gt=0, description="The released code swept 1e-7-1e-5, kept 4e-6-1e-5.")
+    epochs: float = Field(10.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all epochs).")
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16, description="Prompt + completion tokens kept.")
+    lora_r: int = Field(32, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                            "down_proj")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on GPU).")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (resume point).")
+
+
+class MlflowParams(Section):
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="Local SQLite store; artifacts under ./mlruns.")
+    training_experiment: str = "pscb-training"
+    evaluation_experiment: str = "pscb-evaluation"
+
+
 class Params(Section):
     seed: int = 42
     data_dir: str = Field("data", description="Where every stage reads and writes its artifact.")
@@ -151,6 +193,9 @@ class Params(Section):
     generate: GenerateParams = GenerateParams()
     attribute: AttributeParams = AttributeParams()
     score: ScoreParams = ScoreParams()
+    pair: PairParams = PairParams()
+    train: TrainParams = TrainParams()
+    mlflow: MlflowParams = MlflowParams()
 
 
 class ParamsError(ValueError):

@@ -16,6 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("PSCB_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 
 
+@pytest.fixture(autouse=True)
+def isolated_mlflow(tmp_path, monkeypatch):
+    """No test writes an MLflow store into the repository, whatever code path starts a run."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow-default.db")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     from pipelines.models import convert_embedded

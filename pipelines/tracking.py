@@ -1,0 +1,27 @@
+"""MLflow store and experiment selection, shared by training and evaluation runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def use_experiment(tracking_uri: str, name: str) -> str:
+    """Point MLflow at the store and the named experiment (created if new) and return its id.
+
+    With a local SQLite store the artifacts go to mlruns/ beside the database file (MLflow's own
+    default would be ./mlruns under whatever directory the process happens to run in)."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        location = None
+        if tracking_uri.startswith("sqlite:///"):
+            location = (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id

@@ -1,0 +1,50 @@
+import math
+
+import pytest
+
+from pipelines.config import PairParams
+from pipelines.pair import choose, make_pairs
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("scores, params, expected", [
+    ([(0, 0.1, "a"), (1, 0.9, "b"), (2, -0.3, "c")], PairParams(), (1, 2)),
+    ([(0, NAN, "a"), (1, 0.2, "b"), (2, 0.5, "c")], PairParams(), (2, 1)),  # undefined scores never picked
+    ([(0, 0.4, "a")], PairParams(), "fewer than two scored explanations"),
+    ([(0, 0.4, "a"), (1, NAN, "")], PairParams(), "fewer than two scored explanations"),
+    ([(0, 0.4, "a"), (1, 0.4, "b")], PairParams(), "tie"),
+    ([(0, 0.4, "a"), (1, 0.4, "b")], PairParams(keep_ties=True), (0, 1)),  # the released code's behaviour
+    ([(0, 0.9, "same"), (1, 0.1, " same ")], PairParams(), "tie"),  # identical texts teach nothing
+    ([(0, 0.50, "a"), (1, 0.45, "b")], PairParams(min_margin=0.1), "below margin"),
+    ([(0, 0.50, "a"), (1, 0.35, "b")], PairParams(min_margin=0.1), (0, 1)),
+    ([(0, 0.7, "a"), (1, 0.7, "b"), (2, 0.1, "c")], PairParams(), (0, 2)),  # equal best: the earlier
+])
+def test_pair_rule(scores, params, expected):
+    assert choose(scores, params) == expected
+
+
+def generation(task_id, split):
+    return {"id": task_id, "decision": "A) yes", "correct": True, "model": {"id": "m"},
+            "task": {"id": task_id, "dataset": "arc_easy", "split": split, "question": "Q?",
+                     "choices": [{"label": "A", "text": "yes"}, {"label": "B", "text": "no"}], "answer_label": "A",
+                     "source": {}}}
+
+
+def bank_rows(task_id, scores, method="lime"):
+    return [{"generation_id": task_id, "method": method, "explanation_index": i, "spearman": s,
+             "explanation": f"because {task_id} {i}"} for i, s in enumerate(scores)]
+
+
+def test_pairs_follow_their_task_split_and_test_tasks_give_none():
+    generations = {t: generation(t, split) for t, split in [("a", "train"), ("b", "eval"), ("c", "test")]}
+    rows = bank_rows("a", [0.1, 0.5]) + bank_rows("b", [0.3, -0.2]) + bank_rows("c", [0.9, 0.0]) + \
+        bank_rows("a", [0.0, 0.0], method="lig")
+    pairs, dropped = make_pairs(rows, generations, "lime", PairParams())
+    assert {(p["task_id"], p["split"]) for p in pairs} == {("a", "train"), ("b", "eval")}
+    assert dropped == {"held-out test task": 1}
+    train = next(p for p in pairs if p["split"] == "train")
+    assert train["chosen"] == [{"role": "assistant", "content": "because a 1"}]
+    assert train["rejected"] == [{"role": "assistant", "content": "because a 0"}]
+    assert [m["role"] for m in train["prompt"]] == ["user", "assistant", "user"]
+    assert train["prompt"][1]["content"] == "A) yes" and math.isclose(train["margin"], 0.4)

@@ -1,0 +1,94 @@
+"""DPO and SFT on the tiny model: TRL's metrics in a real MLflow store, LoRA weights that moved, and an
+adapter that loads back and generates."""
+
+import json
+
+import mlflow
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipelines import train
+from pipelines.config import Params
+from pipelines.records import write_records
+from pipelines.tracking import use_experiment
+
+QUESTION = "Which gas do plants absorb?\nA) oxygen\nB) carbon dioxide"
+
+
+def pairs(n, split):
+    return [{"id": f"{split}{i}", "task_id": f"t-{split}{i}", "split": split, "method": "lime",
+             "prompt": [{"role": "user", "content": f"{QUESTION} ({i})"}, {"role": "assistant", "content": "B"},
+                        {"role": "user", "content": "Why did you make that choice? Explain briefly."}],
+             "chosen": [{"role": "assistant", "content": "Plants take in carbon dioxide for photosynthesis."}],
+             "rejected": [{"role": "assistant", "content": "Because B is a nice letter."}]} for i in range(n)]
+
+
+@pytest.fixture
+def params(tmp_path, tiny_model_dir) -> Params:
+    data = tmp_path / "data"
+    write_records(data / "pairs" / "train.jsonl", pairs(4, "train"))
+    write_records(data / "pairs" / "eval.jsonl", pairs(2, "eval"))
+    return Params.model_validate({
+        "data_dir": str(data), "model": {"id": str(tiny_model_dir), "device": "cpu"},
+        "train": {"max_steps": 3, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "learning_rate": 1e-3,
+                  "max_length": 128},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+    })
+
+
+def test_dpo_and_sft_log_to_mlflow_and_save_loadable_adapters(params, tiny_model_dir, tokenizer):
+    summary = train.run(params)
+    client = mlflow.MlflowClient(params.mlflow.tracking_uri)
+    for algorithm in ("dpo", "sft"):
+        run = client.get_run(summary[algorithm]["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["algorithm"] == algorithm
+        assert run.data.params["pscb.pairs_train_sha256"] == summary["pairs"]["train_sha256"]
+        assert run.data.params["pscb.beta"] == "5.0"
+        curves = {"loss"} | ({"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"}
+                             if algorithm == "dpo" else set())
+        assert curves <= set(run.data.metrics), sorted(run.data.metrics)
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 3  # one point per step
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+        assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json"} <= artifacts
+        assert not any(a.endswith("model.safetensors") and "adapter" not in a.split("/")[-1] for a in artifacts)
+
+        adapter = summary[algorithm]["adapter"]
+        weights = load_file(f"{adapter}/adapter_model.safetensors")
+        lora_b = [w for name, w in weights.items() if "lora_B" in name]
+        assert lora_b and any(w.abs().max() > 0 for w in lora_b)  # B starts at zero: training moved it
+        assert json.loads(open(f"{adapter}/adapter_config.json").read())["r"] == 4
+
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
+        prompt = tokenizer.apply_chat_template(pairs(1, "x")[0]["prompt"], add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)
+        with torch.inference_mode():
+            out = tuned.generate(**prompt, max_new_tokens=4, do_sample=False)
+        assert out.shape[1] == prompt["input_ids"].shape[1] + 4
+
+
+def test_training_without_pairs_says_what_to_run(params, tmp_path):
+    empty = params.model_copy(update={"data_dir": str(tmp_path / "elsewhere")})
+    with pytest.raises(FileNotFoundError, match="run `python -m pipelines pair` first"):
+        train.run(empty)
+    write_records(tmp_path / "elsewhere" / "pairs" / "train.jsonl", [])
+    with pytest.raises(ValueError, match="holds no pairs"):
+        train.run(empty)
+
+
+def test_training_resumes_from_its_last_checkpoint(params, tmp_path, tiny_model, tokenizer):
+    import copy
+
+    use_experiment(params.mlflow.tracking_uri, "resume")
+    short = params.train.model_copy(update={"max_steps": 2, "save_steps": 1})
+    out = tmp_path / "resume"
+    first = train.train("dpo", copy.deepcopy(tiny_model), tokenizer, pairs(4, "train"), [], short, out, seed=1)
+    assert first.state.global_step == 2 and (out / "checkpoints" / "checkpoint-2").is_dir()
+    longer = short.model_copy(update={"max_steps": 3})
+    second = train.train("dpo", copy.deepcopy(tiny_model), tokenizer, pairs(4, "train"), [], longer, out, seed=1)
+    steps = [h["step"] for h in second.state.log_history if "loss" in h]
+    assert second.state.global_step == 3 and steps == [1, 2, 3]  # steps 1-2 come from the checkpoint's log
+    mlflow.end_run()
