@@ -1,7 +1,8 @@
 """The one CLI: python -m pipelines <stage> [--params FILE] [--set key=value ...]
 
 Stages run in flow order, each reading the previous stage's output under `data_dir`:
-tasks -> generate -> attribute -> score -> pair -> train. `all` runs them in turn (the README's main job).
+tasks -> generate -> attribute -> score -> pair -> train -> evaluate -> report. `all` runs them in turn
+(the README's main job).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 
 import yaml
 
-STAGES = ("tasks", "generate", "attribute", "score", "pair", "train")
+STAGES = ("tasks", "generate", "attribute", "score", "pair", "train", "evaluate", "report")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.stage in ("all", "score"):
         print(f"bank: {params.data_dir}/bank.parquet  summary: {params.data_dir}/score_summary.json")
+    if args.stage in ("all", "report"):
+        print(f"report: {params.data_dir}/eval/report.html  metrics: {params.data_dir}/eval/metrics.json  "
+              f"runs: mlflow ui --backend-store-uri {params.mlflow.tracking_uri}")
     return 0
 
 

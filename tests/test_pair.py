@@ -48,3 +48,25 @@ def test_pairs_follow_their_task_split_and_test_tasks_give_none():
     assert train["rejected"] == [{"role": "assistant", "content": "because a 0"}]
     assert [m["role"] for m in train["prompt"]] == ["user", "assistant", "user"]
     assert train["prompt"][1]["content"] == "A) yes" and math.isclose(train["margin"], 0.4)
+
+
+def test_empty_bank_and_bank_without_usable_pairs_are_clear_errors(tmp_path):
+    import pandas as pd
+
+    from pipelines import pair
+    from pipelines.config import Params
+    from pipelines.records import write_records
+
+    params = Params.model_validate({"data_dir": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="run `python -m pipelines score` first"):
+        pair.run(params)
+    pd.DataFrame(columns=["generation_id", "method", "explanation_index", "spearman", "explanation"]).to_parquet(
+        tmp_path / "bank.parquet")
+    with pytest.raises(ValueError, match="bank.parquet is empty"):
+        pair.run(params)
+    pd.DataFrame(bank_rows("a", [0.2, 0.2]) + bank_rows("b", [0.5, NAN])).to_parquet(tmp_path / "bank.parquet")
+    write_records(tmp_path / "generations.jsonl", [generation("a", "train"), generation("b", "train")])
+    with pytest.raises(ValueError, match=r"no usable training pairs \(\{'tie': 1, 'fewer than two scored"):
+        pair.run(params)
+    with pytest.raises(ValueError, match="no 'lig' attributions"):
+        pair.run(params.model_copy(update={"pair": params.pair.model_copy(update={"method": "lig"})}))

@@ -1,0 +1,85 @@
+"""Base vs fine-tuned models on held-out tasks, in-domain and under domain shift (method.md section 7).
+
+    python -m pipelines evaluate [--params params.yaml]
+    # data/models/{dpo,sft}/adapter -> data/eval/<model>/{tasks,generations,attributions}.jsonl, bank.parquet
+
+Every model answers, explains, is attributed and is scored by the very stage functions that built the
+bank, on the same tasks: the test split (never paired, never trained on) of the training datasets and
+of the shifted datasets. Each model's evaluation is an MLflow run in `mlflow.evaluation_experiment`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines import attribute, generate, score
+from pipelines.config import Params
+from pipelines.records import Task, write_json, write_records
+from pipelines.tasks import build_tasks, load_rows
+from pipelines.tracking import use_experiment
+
+
+def evaluation_datasets(params: Params) -> dict[str, str]:
+    """dataset -> in_domain | shifted."""
+    domains = {d: "in_domain" for d in params.tasks.datasets}
+    return {**domains, **{d: "shifted" for d in params.evaluate.shift_datasets if d not in domains}}
+
+
+def evaluation_tasks(params: Params) -> list[Task]:
+    """The first `tasks_per_dataset` test-split tasks of every evaluated dataset (same seed as the bank)."""
+    everything = params.tasks.model_copy(update={"max_per_dataset": None})
+    chosen = []
+    for dataset in evaluation_datasets(params):
+        tasks, _ = build_tasks(dataset, *load_rows(dataset, everything), everything, params.seed)
+        chosen.extend([t for t in tasks if t.split == "test"][: params.evaluate.tasks_per_dataset])
+    return chosen
+
+
+def model_params(params: Params, name: str) -> Params:
+    """The params of one evaluated model: its own data folder, the base model plus its adapter."""
+    data = Path(params.data_dir)
+    adapter = None if name == "base" else data / "models" / name / "adapter"
+    if adapter is not None and not (adapter / "adapter_model.safetensors").exists():
+        raise FileNotFoundError(f"adapter {adapter} not found: run `python -m pipelines train` first "
+                                f"(with '{name}' in train.algorithms)")
+    return params.model_copy(update={
+        "data_dir": str(data / "eval" / name),
+        "model": params.model.model_copy(update={"adapter": str(adapter) if adapter else None})})
+
+
+def log_evaluation(params: Params, name: str, own: Params, summary: dict[str, Any]) -> str:
+    import mlflow
+
+    use_experiment(params.mlflow.tracking_uri, params.mlflow.evaluation_experiment)
+    with mlflow.start_run(run_name=f"eval-{name}") as run:
+        mlflow.set_tags({"model": name, "stage": "evaluate"})
+        mlflow.log_params({"adapter": own.model.adapter, "tasks_per_dataset": params.evaluate.tasks_per_dataset,
+                           "attribute_methods": ",".join(params.attribute.methods), "seed": params.seed})
+        train_summary = Path(params.data_dir) / "train_summary.json"
+        if name != "base" and train_summary.exists():
+            mlflow.set_tag("training_run_id", json.loads(train_summary.read_text())[name]["mlflow_run_id"])
+        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
+        return run.info.run_id
+
+
+def run(params: Params) -> dict[str, Any]:
+    import pandas as pd
+
+    tasks = evaluation_tasks(params)
+    summary: dict[str, Any] = {"tasks": len(tasks), "datasets": evaluation_datasets(params), "models": {}}
+    for name in params.evaluate.models:
+        own = model_params(params, name)
+        folder = Path(own.data_dir)
+        write_records(folder / "tasks.jsonl", tasks)
+        generated = generate.run(own)
+        attribute.run(own)
+        score.run(own)
+        bank = pd.read_parquet(folder / "bank.parquet")
+        metrics = {"accuracy": generated["accuracy"], "decisions": generated["generations"],
+                   **{f"mean_{m}": float(bank[m].mean()) for m in ("spearman", "cosine") if m in bank}}
+        metrics["mlflow_run_id"] = log_evaluation(params, name, own, metrics)
+        summary["models"][name] = {"bank": str(folder / "bank.parquet"), **metrics}
+    write_json(Path(params.data_dir) / "eval" / "evaluate_summary.json", summary)
+    return summary

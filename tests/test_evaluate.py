@@ -1,0 +1,60 @@
+"""pair -> train -> evaluate -> report on a tiny bank built by the real stages with the tiny model."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines import attribute, evaluate, generate, pair, report, score, tasks, train
+from pipelines.config import Params
+
+
+@pytest.fixture
+def params(tmp_path, tiny_model_dir, shared_datasets) -> Params:
+    return Params.model_validate({
+        "data_dir": str(tmp_path / "data"),
+        "model": {"id": str(tiny_model_dir), "device": "cpu"},
+        "tasks": {"source": "local", "local_dir": str(shared_datasets), "datasets": ["arc_easy"],
+                  "max_per_dataset": 8},
+        "generate": {"n_explanations": 3, "max_new_tokens_decision": 4, "max_new_tokens_explanation": 6},
+        "attribute": {"methods": ["feature_ablation"], "batch_size": 16},
+        "train": {"max_steps": 1, "batch_size": 2, "lora_r": 2, "lora_alpha": 4, "max_length": 256},
+        "evaluate": {"shift_datasets": ["codah"], "tasks_per_dataset": 2, "bootstrap_samples": 200},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+    })
+
+
+def test_pair_train_evaluate_report(params):
+    for stage in (tasks, generate, attribute, score, pair, train):
+        stage.run(params)
+    summary = evaluate.run(params)
+    assert set(summary["models"]) == {"base", "dpo", "sft"} and summary["tasks"] == 4
+    for name, model in summary["models"].items():
+        assert model["decisions"] == 4 and 0 <= model["accuracy"] <= 1
+    held_out = {json.loads(line)["id"] for line in open(Path(params.data_dir) / "eval" / "base" / "tasks.jsonl")}
+    trained = {json.loads(line)["task_id"] for line in open(Path(params.data_dir) / "pairs" / "train.jsonl")}
+    assert held_out and not held_out & trained
+
+    files = report.run(params)
+    metrics = json.loads(Path(files["metrics"]).read_text())
+    assert metrics["domains"] == {"arc_easy": "in_domain", "codah": "shifted"}
+    for name in ("base", "dpo", "sft"):
+        stats = metrics["models"][name]
+        assert set(stats) == {"all", "arc_easy", "codah"}
+        for key in ("spearman_best", "spearman_median", "spearman_worst", "cosine_median"):
+            value = stats["all"][key]
+            assert value is None or -1 <= value <= 1
+        assert stats["all"]["spearman_best"] >= stats["all"]["spearman_worst"]
+        assert stats["all"]["accuracy_ci95"][0] <= stats["all"]["accuracy"] <= stats["all"]["accuracy_ci95"][1]
+    assert set(metrics["paired_vs_base"]) == {"dpo", "sft"}
+    assert metrics["paired_vs_base"]["dpo"]["all"]["tasks"] == 4
+    page = Path(files["report"]).read_text()
+    assert page.count("data:image/png;base64,") == 4 and "Paired against the base model" in page
+    assert "<script" not in page and "http" not in page.replace("<!doctype html>", "")  # self-contained
+
+
+def test_report_and_evaluate_say_what_to_run_first(params):
+    with pytest.raises(FileNotFoundError, match="run `python -m pipelines evaluate` first"):
+        report.run(params)
+    with pytest.raises(FileNotFoundError, match="run `python -m pipelines train` first"):
+        evaluate.model_params(params, "dpo")
