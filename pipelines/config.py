@@ -22,6 +22,13 @@ METRICS = ("spearman", "cosine", "l1_dot", "kendall", "top_k_overlap")
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 
+def known(values: tuple[str, ...], allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {unknown}; choose from {list(allowed)}")
+    return values
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -67,10 +74,7 @@ class TasksParams(Section):
     @field_validator("datasets")
     @classmethod
     def _known_datasets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(value) - set(DATASETS))
-        if unknown:
-            raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
-        return value
+        return known(value, DATASETS, "dataset")
 
     @field_validator("split_fractions")
     @classmethod
@@ -118,10 +122,7 @@ class AttributeParams(Section):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(value) - set(ATTRIBUTION_METHODS))
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {list(ATTRIBUTION_METHODS)}")
-        return value
+        return known(value, ATTRIBUTION_METHODS, "method")
 
     @field_validator("baseline_token")
     @classmethod
@@ -138,10 +139,7 @@ class ScoreParams(Section):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(value) - set(METRICS))
-        if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
-        return value
+        return known(value, METRICS, "metric")
 
 
 class PairParams(Section):
@@ -156,9 +154,7 @@ class PairParams(Section):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
-        if value not in METRICS:
-            raise ValueError(f"unknown metric {value!r}; choose from {list(METRICS)}")
-        return value
+        return known((value,), METRICS, "metric")[0]
 
 
 class TrainParams(Section):
@@ -197,10 +193,7 @@ class EvaluateParams(Section):
     @field_validator("shift_datasets")
     @classmethod
     def _known_datasets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(value) - set(DATASETS))
-        if unknown:
-            raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
-        return value
+        return known(value, DATASETS, "dataset")
 
 
 class Params(Section):
