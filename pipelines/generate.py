@@ -98,8 +98,9 @@ def generate(model, tokenizer, tasks: list[Task], params: GenerateParams, seed: 
     decisions = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in decision_ids]
     k = params.n_explanations
     why_prompts = [chat_ids(tokenizer, explanation_conversation(t, d)) for t, d in zip(tasks, decisions)]
-    flat = sample_batched(model, [p for p in why_prompts for _ in range(k)], [seed + i for _ in tasks for i in range(k)],
-                          params.max_new_tokens_explanation, params, stop_ids, pad_id)
+    flat = sample_batched(model, [p for p in why_prompts for _ in range(k)],
+                          [seed + i for _ in tasks for i in range(k)], params.max_new_tokens_explanation, params,
+                          stop_ids, pad_id)
     settings = {**params.model_dump(), "seed": seed, "chat_template_sha256": _template_digest(tokenizer)}
     records = []
     for n, task in enumerate(tasks):

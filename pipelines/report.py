@@ -33,7 +33,9 @@ def wilson(successes: int, n: int) -> tuple[float, float] | None:
     if n == 0:
         return None
     z, p = 1.959964, successes / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    scale = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / scale
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale
     return round(centre - half, 4), round(centre + half, 4)
 
 
@@ -61,7 +63,8 @@ def per_decision(bank, method: str):
 def summarize_model(table, samples: int, seed: int) -> dict[str, Any]:
     graded = table[table["correct"].notna()]
     correct = int(graded["correct"].astype(bool).sum())
-    out: dict[str, Any] = {"decisions": len(table), "accuracy": round(correct / len(graded), 4) if len(graded) else None,
+    out: dict[str, Any] = {"decisions": len(table),
+                           "accuracy": round(correct / len(graded), 4) if len(graded) else None,
                            "accuracy_ci95": wilson(correct, len(graded))}
     for metric in METRICS:
         for which in ("best", "median", "worst"):

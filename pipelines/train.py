@@ -63,7 +63,8 @@ def train(algorithm: str, model, tokenizer, train_pairs: list[dict[str, Any]], e
     on_gpu = model.device.type == "cuda"
     arguments = trainer_arguments(algorithm, params, output_dir / "checkpoints", seed, bool(eval_pairs), on_gpu)
     config_class, trainer_class = (DPOConfig, DPOTrainer) if algorithm == "dpo" else (SFTConfig, SFTTrainer)
-    trainer = trainer_class(model=model, args=config_class(**arguments), train_dataset=as_dataset(algorithm, train_pairs),
+    trainer = trainer_class(model=model, args=config_class(**arguments),
+                            train_dataset=as_dataset(algorithm, train_pairs),
                             eval_dataset=as_dataset(algorithm, eval_pairs) if eval_pairs else None,
                             processing_class=tokenizer, peft_config=lora_config(params))
     checkpoint = get_last_checkpoint(arguments["output_dir"]) if Path(arguments["output_dir"]).exists() else None
