@@ -1,14 +1,14 @@
-"""The one CLI: python -m pipelines <stage> [--params FILE] [--set key=value ...]
+"""The one CLI: python -m pipelines <stage> [--dataset D] [--model M] [--params FILE] [--set key=value ...]
 
 Stages run in flow order, each reading the previous stage's output under `data_dir`:
-tasks -> generate -> attribute -> score -> pair -> train -> evaluate -> report. `all` runs them in turn
-(the README's main job).
+tasks -> generate -> attribute -> score (per dataset x model: the bank) -> pair -> train -> evaluate ->
+report -> promote (per model). Without --dataset / --model a stage runs every partition; `all` runs
+the stages in turn (the README's main job). DVC's stages and Dagster's assets call the same functions.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
@@ -16,7 +16,7 @@ import time
 
 import yaml
 
-STAGES = ("tasks", "generate", "attribute", "score", "pair", "train", "evaluate", "report")
+from pipelines.partitions import STAGES
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=(*STAGES, "all"))
+    parser.add_argument("--dataset", help="one dataset partition (default: every one in tasks.datasets)")
+    parser.add_argument("--model", help="one model partition, by name (default: every model)")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one value, e.g. --set attribute.n_samples=64")
@@ -40,22 +42,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from pipelines.config import ParamsError, load_params
+    from pipelines.partitions import model_dir, run_stage, slice_dir
     from pipelines.tasks import BadRowError
 
     try:
         params = load_params(args.params, parse_overrides(args.set))
         for stage in STAGES if args.stage == "all" else (args.stage,):
             started = time.perf_counter()
-            summary = importlib.import_module(f"pipelines.{stage}").run(params)
-            short = {k: v for k, v in summary.items() if not isinstance(v, dict)}
-            print(f"[{stage}] {time.perf_counter() - started:.1f}s {json.dumps(short, default=str)}", flush=True)
+            for key, summary in run_stage(stage, params, args.dataset, args.model).items():
+                short = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+                print(f"[{stage} {key}] {time.perf_counter() - started:.1f}s {json.dumps(short, default=str)}",
+                      flush=True)
     except (ParamsError, BadRowError, FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.stage in ("all", "score"):
-        print(f"bank: {params.data_dir}/bank.parquet  summary: {params.data_dir}/score_summary.json")
-    if args.stage in ("all", "report"):
-        print(f"report: {params.data_dir}/eval/report.html  metrics: {params.data_dir}/eval/metrics.json  "
+        print(f"bank: {slice_dir(params, '<dataset>', params.model.name)}/bank.parquet")
+    if args.stage in ("all", "report", "promote"):
+        folder = model_dir(params, params.model.name) / "report"
+        print(f"report: {folder}/report.html  metrics: {folder}/metrics.json  "
               f"runs: mlflow ui --backend-store-uri {params.mlflow.tracking_uri}")
     return 0
 

@@ -9,11 +9,12 @@ and wrong types are rejected with the offending key path in the message.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DATASETS = ("ecqa", "arc_easy", "arc_challenge", "codah", "commonsense_qa")
 ATTRIBUTION_METHODS = ("lime", "kernel_shap", "feature_ablation", "lig", "input_x_gradient")
@@ -34,6 +35,9 @@ class Section(BaseModel):
 
 
 class ModelParams(Section):
+    name: str = Field(
+        "", description="Partition key of this model's bank and fine-tunes (data/<name>/); default: the id's "
+        "last path component, lowercased.", pattern=r"^[a-z0-9._-]*$")
     id: str = Field(
         EMBEDDED_MODEL,
         description="Hub id (meta-llama/Llama-3.2-3B-Instruct), a local model folder, or "
@@ -48,6 +52,13 @@ class ModelParams(Section):
     cache_dir: str = Field(
         "~/.cache/pscb", description="Where the embedded GGUF is converted to safetensors once."
     )
+
+    @model_validator(mode="after")
+    def _default_name(self) -> ModelParams:
+        if not self.name:
+            derived = re.sub(r"[^a-z0-9._-]+", "-", self.id.rstrip("/").split("/")[-1].split(":")[-1].lower())
+            object.__setattr__(self, "name", derived.strip("-") or "model")
+        return self
 
 
 class TasksParams(Section):
@@ -196,10 +207,24 @@ class EvaluateParams(Section):
         return known(value, DATASETS, "dataset")
 
 
+class PromoteParams(Section):
+    candidate: Literal["dpo", "sft"] = Field("dpo", description="The fine-tune that may become the champion.")
+    min_alignment_gain: float = Field(
+        0.0, description="Its mean per-decision median Spearman (all evaluated tasks) must beat the base "
+        "model's by more than this.")
+    accuracy_tolerance: float = Field(
+        0.02, ge=0, le=1, description="Its accuracy may fall at most this much below the base model's.")
+    registered_model: str = Field("pscb-{model}-{candidate}", description="MLflow registered model name.")
+    alias: str = Field("champion", description="Alias set on the promoted version.")
+
+
 class Params(Section):
     seed: int = 42
     data_dir: str = Field("data", description="Where every stage reads and writes its artifact.")
     model: ModelParams = ModelParams()
+    models: tuple[ModelParams, ...] = Field(
+        (), description="Further models whose banks are built beside `model`'s, each one a partition of the "
+        "model dimension, paired, fine-tuned and evaluated the same way.")
     tasks: TasksParams = TasksParams()
     generate: GenerateParams = GenerateParams()
     attribute: AttributeParams = AttributeParams()
@@ -207,7 +232,17 @@ class Params(Section):
     pair: PairParams = PairParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    promote: PromoteParams = PromoteParams()
     mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> Params:
+        names = [m.name for m in (self.model, *self.models)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}: set `name` on each model")
+        if "tasks" in names:
+            raise ValueError("'tasks' cannot be a model name: data/tasks/ holds the raw tasks")
+        return self
 
 
 class ParamsError(ValueError):

@@ -1,7 +1,7 @@
 """Base vs fine-tuned models on held-out tasks, in-domain and under domain shift (method.md section 7).
 
     python -m pipelines evaluate [--params params.yaml]
-    # data/models/{dpo,sft}/adapter -> data/eval/<model>/{tasks,generations,attributions}.jsonl, bank.parquet
+    # data/<model>/models/{dpo,sft}/adapter -> data/<model>/evaluation/{base,dpo,sft}/..., bank.parquet
 
 Every model answers, explains, is attributed and is scored by the very stage functions that built the
 bank, on the same tasks: the test split (never paired, never trained on) of the training datasets and
@@ -45,7 +45,7 @@ def model_params(params: Params, name: str) -> Params:
         raise FileNotFoundError(f"adapter {adapter} not found: run `python -m pipelines train` first "
                                 f"(with '{name}' in train.algorithms)")
     return params.model_copy(update={
-        "data_dir": str(data / "eval" / name),
+        "data_dir": str(data / "evaluation" / name),
         "model": params.model.model_copy(update={"adapter": str(adapter) if adapter else None})})
 
 
@@ -81,5 +81,5 @@ def run(params: Params) -> dict[str, Any]:
                    **{f"mean_{m}": float(bank[m].mean()) for m in ("spearman", "cosine") if m in bank}}
         metrics["mlflow_run_id"] = log_evaluation(params, name, own, metrics)
         summary["models"][name] = {"bank": str(folder / "bank.parquet"), **metrics}
-    write_json(Path(params.data_dir) / "eval" / "evaluate_summary.json", summary)
+    write_json(Path(params.data_dir) / "evaluation" / "evaluate_summary.json", summary)
     return summary

@@ -121,13 +121,14 @@ def _template_digest(tokenizer) -> str:
     return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()
 
 
-def run(params: Params) -> dict[str, Any]:
+def run(params: Params, tasks_path: Path | None = None) -> dict[str, Any]:
+    """Tasks (default: data_dir/tasks.jsonl) -> data_dir/generations.jsonl, resuming where it stopped."""
     from tqdm import tqdm
 
     from pipelines.models import load_model
 
     data = Path(params.data_dir)
-    source, out = data / "tasks.jsonl", data / "generations.jsonl"
+    source, out = tasks_path or data / "tasks.jsonl", data / "generations.jsonl"
     tasks = [Task.from_dict(row) for row in read_stage_input(source, "tasks")]
     done = existing_ids(out)
     todo = [t for t in tasks if t.id not in done]

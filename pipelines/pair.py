@@ -1,7 +1,7 @@
 """Bank -> preference pairs for DPO (method.md section 6).
 
-    python -m pipelines pair [--params params.yaml]
-    # data/bank.parquet + data/generations.jsonl -> data/pairs/{train,eval}.jsonl, data/pairs_summary.json
+    python -m pipelines pair [--params params.yaml] [--model NAME]
+    # data/<model>/bank/*/{bank.parquet,generations.jsonl} -> data/<model>/pairs/{train,eval}.jsonl
 
 Per decision, among its explanations with a defined score: chosen = the highest score, rejected = the
 lowest. The prompt is the three-turn conversation with the model's own decision; chosen and rejected
@@ -73,21 +73,32 @@ def make_pairs(bank_rows: list[dict[str, Any]], generations: dict[str, dict[str,
     return pairs, dropped
 
 
-def run(params: Params) -> dict[str, Any]:
+def read_bank(slices: list[Path]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The bank rows and the generations of every slice (a slice: one dataset's bank folder)."""
     import pandas as pd
 
+    rows, generations = [], {}
+    for folder in slices:
+        bank_path = folder / "bank.parquet"
+        if not bank_path.exists():
+            raise FileNotFoundError(f"{bank_path} not found: run `python -m pipelines score` first")
+        rows.extend(pd.read_parquet(bank_path).to_dict("records"))
+        if rows:
+            generations.update({g["id"]: g for g in read_stage_input(folder / "generations.jsonl", "generate")})
+    return rows, generations
+
+
+def run(params: Params, slices: list[Path] | None = None) -> dict[str, Any]:
+    """Pairs from the bank slices (default: the bank in data_dir itself) into data_dir/pairs."""
     data = Path(params.data_dir)
-    bank_path = data / "bank.parquet"
-    if not bank_path.exists():
-        raise FileNotFoundError(f"{bank_path} not found: run `python -m pipelines score` first")
-    bank = pd.read_parquet(bank_path).to_dict("records")
+    bank, generations = read_bank(slices if slices is not None else [data])
     if not bank:
-        raise ValueError(f"{bank_path} is empty: run tasks, generate, attribute and score on some tasks first")
+        where = " + ".join(str(folder / "bank.parquet") for folder in (slices or [data]))
+        raise ValueError(f"{where} is empty: run tasks, generate, attribute and score on some tasks first")
     method = params.pair.method or params.attribute.methods[0]
     if method not in {row["method"] for row in bank}:
         raise ValueError(f"the bank has no '{method}' attributions: add it to attribute.methods and rerun "
                          "attribute and score, or set pair.method")
-    generations = {g["id"]: g for g in read_stage_input(data / "generations.jsonl", "generate")}
     pairs, dropped = make_pairs(bank, generations, method, params.pair)
     train_ids = {p["task_id"] for p in pairs if p["split"] == "train"}
     assert not train_ids & {p["task_id"] for p in pairs if p["split"] != "train"}, "a task in two splits"

@@ -1,7 +1,7 @@
 """Evaluation banks -> a self-contained HTML report and a machine-readable metrics file.
 
     python -m pipelines report [--params params.yaml]
-    # data/eval/<model>/bank.parquet -> data/eval/report.html, data/eval/metrics.json
+    # data/<model>/evaluation/{base,dpo,sft}/bank.parquet -> data/<model>/report/{report.html,metrics.json,alignment.csv}
 
 Per dataset (in-domain and shifted side by side) and model (base, DPO, SFT): accuracy with a Wilson
 95% interval; per decision the best, median and worst Spearman and cosine over its explanations,
@@ -205,15 +205,27 @@ then averaged over decisions; [95% CI] (Wilson for accuracy, bootstrap for means
 def run(params: Params) -> dict[str, Any]:
     import pandas as pd
 
-    folder = Path(params.data_dir) / "eval"
+    source, folder = Path(params.data_dir) / "evaluation", Path(params.data_dir) / "report"
     method = params.pair.method or params.attribute.methods[0]
     tables = {}
     for name in params.evaluate.models:
-        path = folder / name / "bank.parquet"
+        path = source / name / "bank.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: run `python -m pipelines evaluate` first")
         tables[name] = per_decision(pd.read_parquet(path), method)
     metrics = build_metrics(params, tables)
     write_json(folder / "metrics.json", metrics)
+    write_plot_table(folder / "alignment.csv", metrics)
     (folder / "report.html").write_text(render(metrics, figures(tables, metrics)))
     return {"report": str(folder / "report.html"), "metrics": str(folder / "metrics.json")}
+
+
+def write_plot_table(path: Path, metrics: dict[str, Any]) -> None:
+    """One row per (model, dataset): the figures `dvc plots show` draws and `dvc plots diff` compares."""
+    import pandas as pd
+
+    rows = [{"model": name, "dataset": dataset, "accuracy": stats.get("accuracy"),
+             **{key: stats.get(key) for key in ("spearman_best", "spearman_median", "spearman_worst",
+                                                 "cosine_median")}}
+            for name, per_dataset in metrics["models"].items() for dataset, stats in per_dataset.items()]
+    pd.DataFrame(rows).to_csv(path, index=False)

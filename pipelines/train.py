@@ -113,6 +113,7 @@ def run(params: Params) -> dict[str, Any]:
                                   "steps": trainer.state.global_step,
                                   "seconds": round(time.perf_counter() - started, 1),
                                   "last_log": next((h for h in reversed(trainer.state.log_history) if "loss" in h),
-                                                   {})}
+                                                   {}),
+                                  "log_history": trainer.state.log_history}
     write_json(data / "train_summary.json", summary)
     return summary

@@ -3,10 +3,12 @@
 import json
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 import pytest
 
-from pipelines import attribute, evaluate, generate, pair, report, score, tasks, train
-from pipelines.config import Params
+from pipelines import attribute, evaluate, generate, pair, promote, report, score, tasks, train
+from pipelines.config import Params, PromoteParams
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def test_pair_train_evaluate_report(params):
     assert set(summary["models"]) == {"base", "dpo", "sft"} and summary["tasks"] == 4
     for name, model in summary["models"].items():
         assert model["decisions"] == 4 and 0 <= model["accuracy"] <= 1
-    held_out = {json.loads(line)["id"] for line in open(Path(params.data_dir) / "eval" / "base" / "tasks.jsonl")}
+    held_out = {json.loads(line)["id"] for line in open(Path(params.data_dir) / "evaluation" / "base" / "tasks.jsonl")}
     trained = {json.loads(line)["task_id"] for line in open(Path(params.data_dir) / "pairs" / "train.jsonl")}
     assert held_out and not held_out & trained
 
@@ -51,6 +53,29 @@ def test_pair_train_evaluate_report(params):
     page = Path(files["report"]).read_text()
     assert page.count("data:image/png;base64,") == 4 and "Paired against the base model" in page
     assert "<script" not in page and "http" not in page.replace("<!doctype html>", "")  # self-contained
+    table = pd.read_csv(Path(params.data_dir) / "report" / "alignment.csv")
+    assert set(table["model"]) == {"base", "dpo", "sft"} and len(table) == 3 * 3
+    check_promotion(params, metrics)
+
+
+def check_promotion(params, metrics):
+    """The gate on the report's figures decides; only a passing candidate reaches the registry."""
+    gain = metrics["models"]["dpo"]["all"]["spearman_median"] - metrics["models"]["base"]["all"]["spearman_median"]
+    refused = promote.run(params.model_copy(update={"promote": PromoteParams(min_alignment_gain=gain + 0.1)}))
+    assert not refused["promoted"] and "alignment gain" in refused["reasons"][0]
+    assert refused["alignment_gain"] == pytest.approx(gain)
+    client = mlflow.MlflowClient(params.mlflow.tracking_uri)
+    assert not client.search_registered_models()
+
+    lenient = PromoteParams(min_alignment_gain=gain - 0.1, accuracy_tolerance=1.0)
+    promoted = promote.run(params.model_copy(update={"promote": lenient}))
+    assert promoted["promoted"] and promoted["version"] == 1 and promoted["alias"] == "champion"
+    champion = client.get_model_version_by_alias(promoted["registered_model"], "champion")
+    training = json.loads((Path(params.data_dir) / "train_summary.json").read_text())["dpo"]["mlflow_run_id"]
+    assert int(champion.version) == 1 and champion.run_id == training
+    assert client.list_artifacts(training, "adapter")  # the version's source: the adapter the run logged
+    written = json.loads((Path(params.data_dir) / "promotion.json").read_text())
+    assert written["promoted"] and written["version"] == 1
 
 
 def test_report_and_evaluate_say_what_to_run_first(params):

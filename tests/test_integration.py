@@ -25,8 +25,9 @@ def test_cli_builds_a_bank_with_smollm2(tmp_path, shared_datasets, smollm2_dir):
         done = subprocess.run([sys.executable, "-m", "pipelines", stage, "--params", str(path)], cwd=REPO,
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert f"[{stage}]" in done.stdout
-    bank = pd.read_parquet(tmp_path / "data" / "bank.parquet")
+        assert f"[{stage} ecqa" in done.stdout and f"[{stage} arc_easy" in done.stdout
+    slices = tmp_path / "data" / "smollm2-135m-instruct" / "bank"
+    bank = pd.concat([pd.read_parquet(slices / dataset / "bank.parquet") for dataset in ("ecqa", "arc_easy")])
     assert len(bank) == 4 * 2 * 2  # tasks x methods x explanations
     assert set(bank["dataset"]) == {"ecqa", "arc_easy"} and set(bank["model"]) == {"embedded:smollm2-135m-instruct"}
     expected_columns = {"id", "generation_id", "task_id", "dataset", "split", "method", "explanation_index", "correct",
