@@ -4,9 +4,20 @@ PY := $(VENV)/bin/python
 # torch==2.13.0 is the local CPU wheel on the project's machines; on a GPU box: make run TORCH=torch
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test
+# DVC is a command-line tool in its own environment: its hydra dependency pins the ANTLR runtime to 4.9,
+# which breaks dagster's string asset selections (4.13). $(VENV)/bin/dvc runs it with $(VENV)/bin first
+# on PATH, so the stages' `python -m pipelines` is this project's python.
+DVC_VENV ?= .venv-dvc
+DVC ?= dvc==3.67.1
 
-install: $(VENV)/.installed
+.PHONY: install run test ui
+
+install: $(VENV)/.installed $(VENV)/bin/dvc
+
+$(VENV)/bin/dvc: $(VENV)/.installed Makefile
+	test -x $(DVC_VENV)/bin/dvc || (python3 -m venv $(DVC_VENV) && $(DVC_VENV)/bin/pip install -q "$(DVC)")
+	printf '#!/bin/sh\nPATH="%s:$$PATH" exec "%s" "$$@"\n' "$(CURDIR)/$(VENV)/bin" "$(CURDIR)/$(DVC_VENV)/bin/dvc" > $@
+	chmod +x $@
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,3 +33,7 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# the Dagster UI on http://127.0.0.1:3000 with a project-local instance (telemetry off: .dagster/dagster.yaml)
+ui: install
+	DAGSTER_HOME=$(CURDIR)/.dagster $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000

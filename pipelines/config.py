@@ -240,8 +240,6 @@ class Params(Section):
         names = [m.name for m in (self.model, *self.models)]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}: set `name` on each model")
-        if "tasks" in names:
-            raise ValueError("'tasks' cannot be a model name: data/tasks/ holds the raw tasks")
         return self
 
 

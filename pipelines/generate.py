@@ -1,6 +1,6 @@
 """Tasks -> decisions + k post-hoc explanations (method.md section 3).
 
-    python -m pipelines generate [--params params.yaml]   # data/tasks.jsonl -> data/generations.jsonl
+    python -m pipelines generate [--params params.yaml]   # data/<model>/bank/<dataset>/tasks.jsonl -> generations.jsonl
 
 Sampling runs in our own batched decode loop with the KV cache, so that each sequence draws from its
 own seeded generator: a decision or an explanation is the same whatever batch it was decoded in, and
@@ -121,14 +121,13 @@ def _template_digest(tokenizer) -> str:
     return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()
 
 
-def run(params: Params, tasks_path: Path | None = None) -> dict[str, Any]:
-    """Tasks (default: data_dir/tasks.jsonl) -> data_dir/generations.jsonl, resuming where it stopped."""
+def run(params: Params) -> dict[str, Any]:
     from tqdm import tqdm
 
     from pipelines.models import load_model
 
     data = Path(params.data_dir)
-    source, out = tasks_path or data / "tasks.jsonl", data / "generations.jsonl"
+    source, out = data / "tasks.jsonl", data / "generations.jsonl"
     tasks = [Task.from_dict(row) for row in read_stage_input(source, "tasks")]
     done = existing_ids(out)
     todo = [t for t in tasks if t.id not in done]

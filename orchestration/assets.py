@@ -1,0 +1,189 @@
+"""The pipeline's artifacts as Dagster assets. Each one calls its stage in pipelines/partitions.py (the
+function the CLI and `dvc repro` call), records what it built as metadata, runs its blocking Great
+Expectations check, and records the partition in dvc.lock."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from orchestration import checks
+from orchestration.resources import DvcLock, MlflowTracking, PscbParams
+from pipelines.config import Params
+from pipelines.partitions import model_dir, model_names, run_bank_stage, run_model_stage, slice_dir
+
+# asset -> DVC stage (dvc.yaml): the two graphs are the same graph (tests/test_dvc.py)
+ASSET_STAGES = {"raw_tasks": "tasks", "generations": "generate", "attributions": "attribute", "bank": "score",
+                "preference_pairs": "pair", "fine_tuned_models": "train", "evaluation": "evaluate",
+                "eval_report": "report", "champion_model": "promote"}
+# the long stages take turns on the one accelerator (or the laptop's cores): .dagster/dagster.yaml limits it
+COMPUTE_POOL = "pscb_compute"
+FILES = {"raw_tasks": ["tasks.jsonl"], "generations": ["generations.jsonl"], "attributions": ["attributions.jsonl"],
+         "bank": ["bank.parquet"], "preference_pairs": ["pairs"], "fine_tuned_models": ["train_summary.json"],
+         "evaluation": ["evaluation"], "eval_report": ["report"], "champion_model": ["promotion.json"]}
+
+
+def bank_partitions(params: Params) -> dg.MultiPartitionsDefinition:
+    return dg.MultiPartitionsDefinition({"dataset": dg.StaticPartitionsDefinition(list(params.tasks.datasets)),
+                                         "model": dg.StaticPartitionsDefinition(list(model_names(params)))})
+
+
+def model_partitions(params: Params) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition(list(model_names(params)))
+
+
+def digest(paths: list[Path]) -> str:
+    """sha256 over the files (recursively, in path order): the data version a run produced."""
+    sha = hashlib.sha256()
+    for path in paths:
+        for file in sorted([path] if path.is_file() else path.rglob("*")):
+            if file.is_file():
+                sha.update(str(file.relative_to(path.parent)).encode())
+                sha.update(file.read_bytes())
+    return sha.hexdigest()
+
+
+def scalars(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+
+
+def run_stage(context, name: str, run, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run a stage; its error becomes a Failure that says what to do, with nothing computed lost."""
+    started = time.perf_counter()
+    try:
+        summary = run()
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise dg.Failure(description=f"{name}: {err}", metadata={"folder": dg.MetadataValue.path(str(folder))},
+                         allow_retries=False) from err
+    paths = [folder / f for f in FILES[name]]
+    metadata = {"seconds": round(time.perf_counter() - started, 2), "data_digest": digest(paths)[:16],
+                "path": dg.MetadataValue.path(str(paths[0]))}
+    return summary, metadata
+
+
+def materialize_slice(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=None) -> dg.MaterializeResult:
+    params = pscb.load()
+    dataset, model = (context.partition_key.keys_by_dimension[d] for d in ("dataset", "model"))
+    folder = slice_dir(params, dataset, model)
+    summary, metadata = run_stage(context, name, lambda: run_bank_stage(ASSET_STAGES[name], params, dataset, model),
+                                  folder)
+    metadata.update(scalars(summary), **(extra(folder, summary) if extra else {}))
+    if model == params.model.name:
+        metadata["dvc"] = dvc.commit(f"{ASSET_STAGES[name]}@{dataset}", context.log)
+    return dg.MaterializeResult(metadata=metadata, check_results=[checks.quality(name, params, folder)])
+
+
+def materialize_model(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=None,
+                      more_checks=()) -> dg.MaterializeResult:
+    params, model = pscb.load(), context.partition_key
+    folder = model_dir(params, model)
+    summary, metadata = run_stage(context, name, lambda: run_model_stage(ASSET_STAGES[name], params, model), folder)
+    metadata.update(scalars(summary), **(extra(params, folder, summary) if extra else {}))
+    if model == params.model.name:
+        metadata["dvc"] = dvc.commit(ASSET_STAGES[name], context.log)
+    results = [checks.quality(name, params, folder)] if name in checks.SUITES else []
+    return dg.MaterializeResult(metadata=metadata, check_results=results + [c(params, folder) for c in more_checks])
+
+
+def bank_means(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    import pandas as pd
+
+    table = pd.read_parquet(folder / "bank.parquet")
+    return {"rows": len(table), **{f"mean_{m}": float(table[m].mean()) for m in ("spearman", "cosine")}}
+
+
+def training_figures(mlflow: MlflowTracking, params: Params, folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"train_pairs": summary["pairs"]["train"], "eval_pairs": summary["pairs"]["eval"]}
+    for algorithm in params.train.algorithms:
+        last = summary[algorithm]["last_log"]
+        out |= {f"{algorithm}_steps": summary[algorithm]["steps"], f"{algorithm}_loss": last.get("loss"),
+                f"{algorithm}_mlflow_run": dg.MetadataValue.url(
+                    mlflow.run_url(params.mlflow.tracking_uri, summary[algorithm]["mlflow_run_id"]))}
+        if "rewards/accuracies" in last:
+            out[f"{algorithm}_reward_accuracy"] = last["rewards/accuracies"]
+    return out
+
+
+def evaluation_figures(mlflow: MlflowTracking, params: Params, folder: Path, summary: dict[str, Any]
+                       ) -> dict[str, Any]:
+    out: dict[str, Any] = {"tasks": summary["tasks"]}
+    for name, stats in summary["models"].items():
+        out |= {f"{name}_accuracy": stats["accuracy"], f"{name}_mean_spearman": stats.get("mean_spearman"),
+                f"{name}_mean_cosine": stats.get("mean_cosine"), f"{name}_mlflow_run": dg.MetadataValue.url(
+                    mlflow.run_url(params.mlflow.tracking_uri, stats["mlflow_run_id"]))}
+    return out
+
+
+def report_figures(params: Params, folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    metrics = json.loads((folder / "report" / "metrics.json").read_text())
+    out: dict[str, Any] = {"report": dg.MetadataValue.path(summary["report"])}
+    for name, stats in metrics["models"].items():
+        out |= {f"{name}_accuracy": stats["all"]["accuracy"], f"{name}_median_spearman": stats["all"]["spearman_median"]}
+    return out
+
+
+def build_assets(params: Params) -> list[dg.AssetsDefinition]:
+    bank_parts, model_parts = bank_partitions(params), model_partitions(params)
+    to_model = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="model")
+    by_model = {"group_name": "fine_tuning", "partitions_def": model_parts, "kinds": {"python"}}
+
+    def slice_asset(name: str, upstream: list[str], description: str, pool: str | None = None):
+        return dg.asset(name=name, deps=upstream, partitions_def=bank_parts, group_name="bank", pool=pool,
+                        description=description, check_specs=[checks.quality_spec(name)], kinds={"python"})
+
+    @slice_asset("raw_tasks", [], "Multiple-choice tasks of one dataset, split 70/20/10 by a seeded shuffle.")
+    def raw_tasks(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+        return materialize_slice(context, "raw_tasks", pscb, dvc)
+
+    @slice_asset("generations", ["raw_tasks"], "The model's decision and k post-hoc explanations per task.",
+                 COMPUTE_POOL)
+    def generations(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+        return materialize_slice(context, "generations", pscb, dvc)
+
+    @slice_asset("attributions", ["generations"], "Captum-exact token attributions over the question tokens, for "
+                 "the decision and each explanation.", COMPUTE_POOL)
+    def attributions(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+        return materialize_slice(context, "attributions", pscb, dvc)
+
+    @slice_asset("bank", ["attributions", "generations"], "The PSCB: per explanation, the agreement (Spearman, "
+                 "cosine, ...) of its attribution with the decision's.")
+    def bank(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+        return materialize_slice(context, "bank", pscb, dvc, bank_means)
+
+    @dg.asset(deps=[dg.AssetDep("bank", partition_mapping=to_model),
+                    dg.AssetDep("generations", partition_mapping=to_model)],
+              description="Per decision, the most vs the least aligned explanation (train / eval splits).",
+              check_specs=[checks.quality_spec("preference_pairs")], **by_model)
+    def preference_pairs(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+        return materialize_model(context, "preference_pairs", pscb, dvc)
+
+    @dg.asset(deps=["preference_pairs"], pool=COMPUTE_POOL, check_specs=[checks.quality_spec("fine_tuned_models")],
+              description="LoRA adapters: DPO on the pairs, and the SFT baseline; MLflow training runs.", **by_model)
+    def fine_tuned_models(context, pscb: PscbParams, dvc: DvcLock, mlflow: MlflowTracking) -> dg.MaterializeResult:
+        return materialize_model(context, "fine_tuned_models", pscb, dvc, partial(training_figures, mlflow))
+
+    @dg.asset(deps=["fine_tuned_models"], pool=COMPUTE_POOL, check_specs=[checks.quality_spec("evaluation")],
+              description="Base and fine-tuned models on held-out tasks, in-domain and shifted; MLflow runs.",
+              **by_model)
+    def evaluation(context, pscb: PscbParams, dvc: DvcLock, mlflow: MlflowTracking) -> dg.MaterializeResult:
+        return materialize_model(context, "evaluation", pscb, dvc, partial(evaluation_figures, mlflow))
+
+    @dg.asset(deps=["evaluation"], check_specs=[checks.quality_spec("eval_report"), checks.GATE_SPEC],
+              description="Alignment and accuracy with confidence intervals, paired tests; HTML + metrics.json.",
+              **by_model)
+    def eval_report(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+        return materialize_model(context, "eval_report", pscb, dvc, report_figures, [checks.promotion_gate])
+
+    @dg.asset(deps=["eval_report", "fine_tuned_models"], description="The fine-tune registered in MLflow with "
+              "the champion alias; runs only when eval_report's promotion gate passed.", **by_model)
+    def champion_model(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+        return materialize_model(context, "champion_model", pscb, dvc)
+
+    return [raw_tasks, generations, attributions, bank, preference_pairs, fine_tuned_models, evaluation,
+            eval_report, champion_model]

@@ -1,0 +1,29 @@
+"""The Dagster code location: `dagster dev` (or `make ui`) from the repository root loads `defs`.
+
+Partitions come from the params file: PSCB_PARAMS (default params.yaml), the file the assets read."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from orchestration.assets import build_assets
+from orchestration.automation import RETRAIN_WHEN_BANK_CHANGES, MODEL_ASSETS, build_automation_sensor, build_jobs, \
+    build_schedule
+from orchestration.resources import DvcLock, MlflowTracking, PscbParams
+from pipelines.config import load_params
+
+
+def build_definitions(params_path: str = "params.yaml", repo: str = ".") -> dg.Definitions:
+    params = load_params(params_path)
+    assets = [a.with_attributes(automation_condition=RETRAIN_WHEN_BANK_CHANGES) if a.key.path[0] in MODEL_ASSETS
+              else a for a in build_assets(params)]
+    bank_job, model_job = build_jobs(params)
+    return dg.Definitions(
+        assets=assets, jobs=[bank_job, model_job], schedules=[build_schedule(params, bank_job)],
+        sensors=[build_automation_sensor()],
+        resources={"pscb": PscbParams(path=params_path), "dvc": DvcLock(repo=repo), "mlflow": MlflowTracking()})
+
+
+defs = build_definitions(os.environ.get("PSCB_PARAMS", "params.yaml"))

@@ -1,0 +1,139 @@
+"""The Dagster code location on a real instance (temporary DAGSTER_HOME with the project's dagster.yaml):
+the whole asset graph on the tiny model, blocking checks, bad input, and the retraining automation."""
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import pytest
+import yaml
+
+from orchestration.assets import ASSET_STAGES
+from orchestration.definitions import build_definitions
+from tests.conftest import REPO
+
+MODEL = "tiny"
+BANK_KEYS = [f"{dataset}|{MODEL}" for dataset in ("arc_easy", "commonsense_qa")]
+
+
+def tiny_params(tmp_path: Path, tiny_model_dir: Path, **changes) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data_dir"] = str(tmp_path / "data")
+    params["model"].update(name=MODEL, id=str(tiny_model_dir), device="cpu")
+    params["tasks"].update(max_per_dataset=6)
+    params["generate"].update(n_explanations=3, max_new_tokens_decision=4, max_new_tokens_explanation=6)
+    params["attribute"].update(methods=["feature_ablation"], batch_size=16)
+    params["train"].update(max_steps=1, batch_size=2, lora_r=2, lora_alpha=4, max_length=256)
+    params["evaluate"].update(tasks_per_dataset=1, bootstrap_samples=200)
+    params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
+    for section, values in changes.items():
+        params[section].update(values)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture
+def instance(tmp_path, monkeypatch):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / ".dagster" / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as real:
+        yield real
+
+
+def run(defs, job: str, key: str, instance, **kwargs) -> dg.ExecuteInProcessResult:
+    return defs.resolve_job_def(job).execute_in_process(partition_key=key, instance=instance, **kwargs)
+
+
+def checks_of(result) -> dict[str, dg.AssetCheckEvaluation]:
+    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e for e in result.get_asset_check_evaluations()}
+
+
+def test_project_instance_config_has_telemetry_off_and_a_compute_pool(instance):
+    assert instance.telemetry_enabled is False
+    assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+
+
+def test_whole_graph_materializes_with_metadata_and_passing_checks(tmp_path, tiny_model_dir, instance):
+    # a lenient gate, so that this run shows the promotion too (tests/test_evaluate.py shows a refusal)
+    path = tiny_params(tmp_path, tiny_model_dir, promote={"min_alignment_gain": -2.0, "accuracy_tolerance": 1.0})
+    defs = build_definitions(str(path), repo=str(tmp_path))
+    assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == set(ASSET_STAGES)
+    results = [run(defs, "build_bank", key, instance) for key in BANK_KEYS]
+    results.append(run(defs, "fine_tune_and_evaluate", MODEL, instance))
+    assert all(r.success for r in results)
+
+    evaluations = {k: v for r in results for k, v in checks_of(r).items()}
+    quality = {k for k in evaluations if k.endswith(":great_expectations")}
+    assert quality == {f"{a}:great_expectations" for a in ASSET_STAGES if a != "champion_model"}
+    assert all(e.passed for e in evaluations.values()), {k: e.description for k, e in evaluations.items()}
+    assert evaluations["bank:great_expectations"].metadata["expectations"].value >= 4
+
+    for asset in ASSET_STAGES:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        metadata = event.asset_materialization.metadata
+        assert {"seconds", "data_digest", "path", "dvc"} <= set(metadata), asset
+        assert metadata["dvc"].value == "no DVC repository"  # tmp_path is none; tests/test_dvc.py has one
+    bank = instance.get_latest_materialization_event(dg.AssetKey("bank")).asset_materialization.metadata
+    assert bank["rows"].value == 6 * 3 and -1 <= bank["mean_spearman"].value <= 1  # tasks x k
+    evaluation = instance.get_latest_materialization_event(dg.AssetKey("evaluation")).asset_materialization
+    assert 0 <= evaluation.metadata["dpo_accuracy"].value <= 1
+    assert "/#/experiments/" in evaluation.metadata["dpo_mlflow_run"].value
+    training = instance.get_latest_materialization_event(dg.AssetKey("fine_tuned_models")).asset_materialization
+    assert training.metadata["dpo_steps"].value == 1
+
+    promotion = json.loads((tmp_path / "data" / MODEL / "promotion.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    champion = client.get_model_version_by_alias(promotion["registered_model"], "champion")
+    assert promotion["promoted"] and int(champion.version) == promotion["version"] == 1
+
+
+def test_a_failing_expectation_blocks_everything_downstream(tmp_path, tiny_model_dir, instance):
+    defs = build_definitions(str(tiny_params(tmp_path, tiny_model_dir)), repo=str(tmp_path))
+    key = BANK_KEYS[0]
+    assert run(defs, "build_bank", key, instance).success
+    folder = tmp_path / "data" / MODEL / "bank" / "arc_easy"
+    # a corrupted record on disk: generate resumes (keeps it), its suite catches it
+    rows = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
+    rows[1]["answer_label"] = "Z"  # not one of the task's choices
+    (folder / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = instance.get_latest_materialization_event(dg.AssetKey("bank")).timestamp
+
+    result = run(defs, "build_bank", key, instance, raise_on_error=False)
+    assert not result.success
+    check = checks_of(result)["generations:great_expectations"]
+    assert not check.passed and rows[1]["id"] in check.metadata["failures"].value
+    assert rows[1]["id"] in check.description
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"raw_tasks", "generations"}  # attributions and bank did not run
+    assert instance.get_latest_materialization_event(dg.AssetKey("bank")).timestamp == before
+
+
+def test_bad_input_fails_with_a_message_and_runs_nothing_downstream(tmp_path, tiny_model_dir, instance):
+    missing = tmp_path / "no-such-folder"
+    defs = build_definitions(str(tiny_params(tmp_path, tiny_model_dir, tasks={"source": "local",
+                                                                              "local_dir": str(missing)})))
+    result = run(defs, "build_bank", BANK_KEYS[0], instance, raise_on_error=False)
+    assert not result.success and not result.get_asset_materialization_events()
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert str(missing) in failure.step_failure_data.error.message
+    with pytest.raises(dg.DagsterUnknownPartitionError, match="nope"):
+        run(defs, "build_bank", "nope|tiny", instance)
+    from pipelines.config import ParamsError
+    with pytest.raises(ParamsError, match="tasks.datasets"):
+        build_definitions(str(tiny_params(tmp_path, tiny_model_dir, tasks={"datasets": ["imagenet"]})))
+
+
+def test_retraining_waits_for_the_whole_bank_and_its_checks(tmp_path, tiny_model_dir, instance):
+    defs = build_definitions(str(tiny_params(tmp_path, tiny_model_dir)), repo=str(tmp_path))
+    pairs = dg.AssetKey("preference_pairs")
+    assert run(defs, "build_bank", BANK_KEYS[0], instance).success
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert first.get_requested_partitions(pairs) == set()  # one dataset slice is still missing
+    assert run(defs, "build_bank", BANK_KEYS[1], instance).success
+    second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert second.get_requested_partitions(pairs) == {MODEL}
