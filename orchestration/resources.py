@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,8 +33,8 @@ class DvcLock(dg.ConfigurableResource):
     executable: str = ""
 
     def dvc(self) -> str | None:
-        local = Path(self.repo) / ".venv" / "bin" / "dvc"
-        return self.executable or shutil.which("dvc") or (str(local) if local.exists() else None)
+        beside_python = Path(sys.executable).parent / "dvc"  # `make install` puts the wrapper there
+        return self.executable or (str(beside_python) if beside_python.exists() else shutil.which("dvc"))
 
     def commit(self, stage: str, log) -> str:
         if not (Path(self.repo) / "dvc.yaml").exists() or not (Path(self.repo) / ".dvc").is_dir():
