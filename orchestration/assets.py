@@ -124,7 +124,8 @@ def report_figures(params: Params, folder: Path, summary: dict[str, Any]) -> dic
     metrics = json.loads((folder / "report" / "metrics.json").read_text())
     out: dict[str, Any] = {"report": dg.MetadataValue.path(summary["report"])}
     for name, stats in metrics["models"].items():
-        out |= {f"{name}_accuracy": stats["all"]["accuracy"], f"{name}_median_spearman": stats["all"]["spearman_median"]}
+        out |= {f"{name}_accuracy": stats["all"]["accuracy"],
+                f"{name}_median_spearman": stats["all"]["spearman_median"]}
     return out
 
 

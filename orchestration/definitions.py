@@ -9,8 +9,13 @@ import os
 import dagster as dg
 
 from orchestration.assets import build_assets
-from orchestration.automation import RETRAIN_WHEN_BANK_CHANGES, MODEL_ASSETS, build_automation_sensor, build_jobs, \
-    build_schedule
+from orchestration.automation import (
+    MODEL_ASSETS,
+    RETRAIN_WHEN_BANK_CHANGES,
+    build_automation_sensor,
+    build_jobs,
+    build_schedule,
+)
 from orchestration.resources import DvcLock, MlflowTracking, PscbParams
 from pipelines.config import load_params
 

@@ -32,22 +32,25 @@ def graphql(url: str, query: str, **variables) -> dict:
 
 
 @contextlib.contextmanager
-def webserver(dagster_home: Path, params_path: Path, timeout: float = 180, cwd: Path = REPO) -> Iterator[str]:
-    """`dagster dev` serving orchestration.definitions with these params, as a user runs it; yields its URL.
+def webserver(dagster_home: Path, params_path: Path, timeout: float = 180) -> Iterator[str]:
+    """`dagster dev` from the repository root (pyproject's [tool.dagster] names the code location), as a user
+    runs it, with these params; yields its URL.
 
     The daemon comes with it, so runs launched from the UI (or its GraphQL API) are dequeued and run."""
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PSCB_PARAMS": str(params_path), "DO_NOT_TRACK": "1",
            "PYTHONPATH": str(REPO)}
+    # to a file, not a pipe: a long run's logs would fill an unread pipe and stall dagster dev
+    log = open(Path(dagster_home) / "dagster_dev.log", "w")  # noqa: SIM115 (closed in finally)
     process = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p",
-                                str(port), "-m", "orchestration.definitions"], cwd=cwd, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"dagster-webserver exited: {process.stdout.read()[-3000:]}")
+                raise RuntimeError(f"dagster dev exited: {Path(log.name).read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{url}/server_info", timeout=2):
                     break
@@ -62,3 +65,4 @@ def webserver(dagster_home: Path, params_path: Path, timeout: float = 180, cwd: 
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+        log.close()

@@ -129,7 +129,8 @@ DERIVED: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
     },
     "generations": {
         # an empty explanation is a real outcome (kept, NaN metrics: README); a non-string is corruption
-        "explanations_are_text": lambda r: bool(r["explanations"]) and all(isinstance(e, str) for e in r["explanations"]),
+        "explanations_are_text": lambda r: bool(r["explanations"])
+        and all(isinstance(e, str) for e in r["explanations"]),
         "answer_in_choices": _answer_in_choices,
         "correct_matches_gold": _correct_matches_gold,
         "ids_and_seeds_match_explanations": lambda r: len(r["explanation_ids"]) == len(r["explanations"])

@@ -71,11 +71,11 @@ class Attribution:
     baseline_token: str
     model: dict[str, Any]  # identity of the model attributed (the generating model's)
     settings: dict[str, Any]
-    seconds: float
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Attribution:
-        return cls(**row)
+        # banks written before timing moved to the summary carry `seconds`; records stay reproducible bytes
+        return cls(**{k: v for k, v in row.items() if k != "seconds"})
 
 
 def to_dict(record: Any) -> dict[str, Any]:

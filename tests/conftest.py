@@ -4,9 +4,11 @@ same tokenizer and chat template for fast tests, and the local dataset copies in
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -78,3 +80,34 @@ def smollm2(smollm2_dir):
 def shared_datasets() -> Path:
     assert SHARED_DATASETS.is_dir(), f"local dataset copies expected at {SHARED_DATASETS}"
     return SHARED_DATASETS
+
+
+def tiny_params(tmp_path: Path, tiny_model_dir: Path, **changes) -> Path:
+    """params.yaml shrunk to the tiny model and a few tasks (whole flow in seconds), with `changes` per section."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data_dir"] = str(tmp_path / "data")
+    params["model"].update(name="tiny", id=str(tiny_model_dir), device="cpu")
+    params["tasks"].update(max_per_dataset=6)
+    params["generate"].update(n_explanations=3, max_new_tokens_decision=4, max_new_tokens_explanation=6)
+    params["attribute"].update(methods=["feature_ablation"], batch_size=16)
+    params["train"].update(max_steps=1, batch_size=2, lora_r=2, lora_alpha=4, max_length=256)
+    params["evaluate"].update(tasks_per_dataset=1, bootstrap_samples=200)
+    params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
+    for section, values in changes.items():
+        params[section].update(values)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture
+def instance(tmp_path, monkeypatch):
+    """A real Dagster instance in a temporary DAGSTER_HOME, configured by the project's dagster.yaml."""
+    import dagster as dg
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / ".dagster" / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as real:
+        yield real

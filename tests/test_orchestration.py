@@ -2,47 +2,17 @@
 the whole asset graph on the tiny model, blocking checks, bad input, and the retraining automation."""
 
 import json
-import shutil
-from pathlib import Path
 
 import dagster as dg
 import mlflow
 import pytest
-import yaml
 
 from orchestration.assets import ASSET_STAGES
 from orchestration.definitions import build_definitions
-from tests.conftest import REPO
+from tests.conftest import tiny_params
 
 MODEL = "tiny"
 BANK_KEYS = [f"{dataset}|{MODEL}" for dataset in ("arc_easy", "commonsense_qa")]
-
-
-def tiny_params(tmp_path: Path, tiny_model_dir: Path, **changes) -> Path:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data_dir"] = str(tmp_path / "data")
-    params["model"].update(name=MODEL, id=str(tiny_model_dir), device="cpu")
-    params["tasks"].update(max_per_dataset=6)
-    params["generate"].update(n_explanations=3, max_new_tokens_decision=4, max_new_tokens_explanation=6)
-    params["attribute"].update(methods=["feature_ablation"], batch_size=16)
-    params["train"].update(max_steps=1, batch_size=2, lora_r=2, lora_alpha=4, max_length=256)
-    params["evaluate"].update(tasks_per_dataset=1, bootstrap_samples=200)
-    params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
-    for section, values in changes.items():
-        params[section].update(values)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
-
-
-@pytest.fixture
-def instance(tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / ".dagster" / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    with dg.DagsterInstance.get() as real:
-        yield real
 
 
 def run(defs, job: str, key: str, instance, **kwargs) -> dg.ExecuteInProcessResult:

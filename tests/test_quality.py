@@ -55,7 +55,7 @@ def make_attribution(generation: Generation, rng: np.random.Generator) -> Attrib
                        features="first_user_message", feature_tokens=tokens,
                        decision=rng.normal(size=len(tokens)).tolist(), explanation_feature_tokens=[tokens] * K,
                        explanations=explanations, baseline_token_id=2, baseline_token="<|im_end|>",
-                       model={"id": "tiny"}, settings={"n_samples": 8}, seconds=0.1)
+                       model={"id": "tiny"}, settings={"n_samples": 8})
 
 
 TRAINING_LOG = [  # TRL's log_history as DPOTrainer writes it (trainer_state.json)

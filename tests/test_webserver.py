@@ -4,12 +4,13 @@ and blocking checks, and a run launched through it (as the UI's Materialize butt
 import shutil
 import time
 
+from orchestration.assets import ASSET_STAGES
 from orchestration.webserver import graphql, webserver
-from tests.conftest import REPO
-from tests.test_orchestration import ASSET_STAGES, tiny_params
+from tests.conftest import REPO, tiny_params
 
 ASSETS = """{ assetNodes { assetKey { path } groupName description isPartitioned dependencyKeys { path }
-  partitionKeysByDimension { name partitionKeys } assetChecksOrError { ... on AssetChecks { checks { name blocking } } } }
+  partitionKeysByDimension { name partitionKeys }
+  assetChecksOrError { ... on AssetChecks { checks { name blocking } } } }
   workspaceOrError { ... on Workspace { locationEntries { name } } } }"""
 LAUNCH = """mutation($location: String!, $key: String!, $dataset: String!, $model: String!) {
   launchRun(executionParams: {selector: {repositoryLocationName: $location, repositoryName: "__repository__",
@@ -17,7 +18,8 @@ LAUNCH = """mutation($location: String!, $key: String!, $dataset: String!, $mode
     {key: "dagster/partition/dataset", value: $dataset}, {key: "dagster/partition/model", value: $model}]}}) {
   __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
 
-STATUS = """query($runId: ID!) { runOrError(runId: $runId) { ... on Run { status assetMaterializations { assetKey { path } } } } }"""
+STATUS = """query($runId: ID!) {
+  runOrError(runId: $runId) { ... on Run { status assetMaterializations { assetKey { path } } } } }"""
 
 
 def test_dagster_dev_serves_the_assets_and_runs_what_the_ui_launches(tmp_path, tiny_model_dir):
