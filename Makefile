@@ -36,4 +36,4 @@ test: install
 
 # the Dagster UI on http://127.0.0.1:3000 with a project-local instance (telemetry off: .dagster/dagster.yaml)
 ui: install
-	DAGSTER_HOME=$(CURDIR)/.dagster $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$(CURDIR)/.dagster DO_NOT_TRACK=1 $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000

@@ -28,6 +28,9 @@ def build_definitions(params_path: str = "params.yaml", repo: str = ".") -> dg.D
     return dg.Definitions(
         assets=assets, jobs=[bank_job, model_job], schedules=[build_schedule(params, bank_job)],
         sensors=[build_automation_sensor()],
+        # steps in the run's own process: a run waiting for the compute pool then sleeps (the multiprocess
+        # executor polled at about half a core per waiting run on 2 cores), and no step pays a new interpreter
+        executor=dg.in_process_executor,
         resources={"pscb": PscbParams(path=params_path), "dvc": DvcLock(repo=repo), "mlflow": MlflowTracking()})
 
 

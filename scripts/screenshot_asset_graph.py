@@ -10,6 +10,7 @@ results show in the picture), opens the global asset lineage, expands every asse
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestration.webserver import REPO, webserver  # noqa: E402
 
 GROUPS = ("bank", "fine_tuning")
+GRAPH_STATE_KEY = "asset-graph-open-graph-nodes-global-__GLOBAL__"
 
 
 def screenshot(url: str, out: Path, browser_path: str, width: int, height: int, page_path: str) -> None:
@@ -29,11 +31,11 @@ def screenshot(url: str, out: Path, browser_path: str, width: int, height: int, 
         browser = playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": width, "height": height})
         page.goto(f"{url}{page_path}", wait_until="networkidle")
-        page.get_by_text("Hide navigation").click()
-        for group in GROUPS:  # groups start collapsed; a click on the group's node expands it
-            page.locator("svg").get_by_text(group, exact=True).filter(visible=True).first.dispatch_event("click")
-            time.sleep(1.5)
-        page.reload(wait_until="networkidle")  # the expansion persists; a fresh load fits the whole graph
+        # the UI keeps expanded groups in localStorage; a fresh load then fits the whole expanded graph
+        expanded = json.dumps({"expanded": ",".join(f"global@global:{group}" for group in GROUPS)})
+        page.evaluate("([key, value]) => { localStorage.setItem(key, value); "
+                      "localStorage.setItem('dagster-nav-collapsed', 'true'); }", [GRAPH_STATE_KEY, expanded])
+        page.reload(wait_until="networkidle")
         time.sleep(4)
         page.screenshot(path=str(out))
         browser.close()

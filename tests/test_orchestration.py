@@ -25,7 +25,8 @@ def checks_of(result) -> dict[str, dg.AssetCheckEvaluation]:
 
 def test_project_instance_config_has_telemetry_off_and_a_compute_pool(instance):
     assert instance.telemetry_enabled is False
-    assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+    pools = instance.get_concurrency_config().pool_config
+    assert pools.default_pool_limit == 1 and pools.pool_granularity.value == "run"
 
 
 def test_whole_graph_materializes_with_metadata_and_passing_checks(tmp_path, tiny_model_dir, instance):
