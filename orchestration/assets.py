@@ -53,7 +53,7 @@ def scalars(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
-def run_stage(context, name: str, run, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_stage(name: str, run, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run a stage; its error becomes a Failure that says what to do, with nothing computed lost."""
     started = time.perf_counter()
     try:
@@ -71,7 +71,7 @@ def materialize_slice(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=
     params = pscb.load()
     dataset, model = (context.partition_key.keys_by_dimension[d] for d in ("dataset", "model"))
     folder = slice_dir(params, dataset, model)
-    summary, metadata = run_stage(context, name, lambda: run_bank_stage(ASSET_STAGES[name], params, dataset, model),
+    summary, metadata = run_stage(name, lambda: run_bank_stage(ASSET_STAGES[name], params, dataset, model),
                                   folder)
     metadata.update(scalars(summary), **(extra(folder, summary) if extra else {}))
     if model == params.model.name:
@@ -83,7 +83,7 @@ def materialize_model(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=
                       more_checks=()) -> dg.MaterializeResult:
     params, model = pscb.load(), context.partition_key
     folder = model_dir(params, model)
-    summary, metadata = run_stage(context, name, lambda: run_model_stage(ASSET_STAGES[name], params, model), folder)
+    summary, metadata = run_stage(name, lambda: run_model_stage(ASSET_STAGES[name], params, model), folder)
     metadata.update(scalars(summary), **(extra(params, folder, summary) if extra else {}))
     if model == params.model.name:
         metadata["dvc"] = dvc.commit(ASSET_STAGES[name], context.log)
