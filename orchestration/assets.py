@@ -76,7 +76,8 @@ def materialize_slice(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=
     metadata.update(scalars(summary), **(extra(folder, summary) if extra else {}))
     if model == params.model.name:
         metadata["dvc"] = dvc.commit(f"{ASSET_STAGES[name]}@{dataset}", context.log)
-    return dg.MaterializeResult(metadata=metadata, check_results=[checks.quality(name, params, folder)])
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(metadata["data_digest"]),
+                                check_results=[checks.quality(name, params, folder)])
 
 
 def materialize_model(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=None,
@@ -88,7 +89,8 @@ def materialize_model(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=
     if model == params.model.name:
         metadata["dvc"] = dvc.commit(ASSET_STAGES[name], context.log)
     results = [checks.quality(name, params, folder)] if name in checks.SUITES else []
-    return dg.MaterializeResult(metadata=metadata, check_results=results + [c(params, folder) for c in more_checks])
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(metadata["data_digest"]),
+                                check_results=results + [c(params, folder) for c in more_checks])
 
 
 def bank_means(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,7 @@ def test_whole_graph_materializes_with_metadata_and_passing_checks(tmp_path, tin
         metadata = event.asset_materialization.metadata
         assert {"seconds", "data_digest", "path", "dvc"} <= set(metadata), asset
         assert metadata["dvc"].value == "no DVC repository"  # tmp_path is none; tests/test_dvc.py has one
+        assert event.asset_materialization.tags["dagster/data_version"] == metadata["data_digest"].value
     bank = instance.get_latest_materialization_event(dg.AssetKey("bank")).asset_materialization.metadata
     assert bank["rows"].value == 6 * 3 and -1 <= bank["mean_spearman"].value <= 1  # tasks x k
     evaluation = instance.get_latest_materialization_event(dg.AssetKey("evaluation")).asset_materialization
