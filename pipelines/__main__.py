@@ -49,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params, parse_overrides(args.set))
         for stage in STAGES if args.stage == "all" else (args.stage,):
             started = time.perf_counter()
-            for key, summary in run_stage(stage, params, args.dataset, args.model).items():
+            summaries = run_stage(stage, params, args.dataset, args.model)
+            for key, summary in summaries.items():
                 short = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-                print(f"[{stage} {key}] {time.perf_counter() - started:.1f}s {json.dumps(short, default=str)}",
-                      flush=True)
+                print(f"[{stage} {key}] {json.dumps(short, default=str)}", flush=True)
+            print(f"[{stage}] {len(summaries)} partition(s) in {time.perf_counter() - started:.1f}s", flush=True)
     except (ParamsError, BadRowError, FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
