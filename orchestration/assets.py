@@ -22,6 +22,10 @@ from pipelines.partitions import model_dir, model_names, run_bank_stage, run_mod
 ASSET_STAGES = {"raw_tasks": "tasks", "generations": "generate", "attributions": "attribute", "bank": "score",
                 "preference_pairs": "pair", "fine_tuned_models": "train", "evaluation": "evaluate",
                 "eval_report": "report", "champion_model": "promote"}
+BANK_GROUP, MODEL_GROUP = "bank", "fine_tuning"
+# After the bank: run when every dataset slice of the model is materialized and newer than the last run,
+# and only while their blocking checks pass (a failed Great Expectations suite holds it back).
+RETRAIN_WHEN_BANK_CHANGES = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 # the long stages take turns on the one accelerator (or the laptop's cores): .dagster/dagster.yaml limits it
 COMPUTE_POOL = "pscb_compute"
 FILES = {"raw_tasks": ["tasks.jsonl"], "generations": ["generations.jsonl"], "attributions": ["attributions.jsonl"],
@@ -134,10 +138,11 @@ def report_figures(params: Params, folder: Path, summary: dict[str, Any]) -> dic
 def build_assets(params: Params) -> list[dg.AssetsDefinition]:
     bank_parts, model_parts = bank_partitions(params), model_partitions(params)
     to_model = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="model")
-    by_model = {"group_name": "fine_tuning", "partitions_def": model_parts, "kinds": {"python"}}
+    by_model = {"group_name": MODEL_GROUP, "partitions_def": model_parts, "kinds": {"python"},
+                "automation_condition": RETRAIN_WHEN_BANK_CHANGES}
 
     def slice_asset(name: str, upstream: list[str], description: str, pool: str | None = None):
-        return dg.asset(name=name, deps=upstream, partitions_def=bank_parts, group_name="bank", pool=pool,
+        return dg.asset(name=name, deps=upstream, partitions_def=bank_parts, group_name=BANK_GROUP, pool=pool,
                         description=description, check_specs=[checks.quality_spec(name)], kinds={"python"})
 
     @slice_asset("raw_tasks", [], "Multiple-choice tasks of one dataset, split 70/20/10 by a seeded shuffle.")

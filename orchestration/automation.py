@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.assets import bank_partitions, model_partitions
+from orchestration.assets import BANK_GROUP, MODEL_GROUP, bank_partitions, model_partitions
 from pipelines.config import Params
-
-BANK_ASSETS = ["raw_tasks", "generations", "attributions", "bank"]
-MODEL_ASSETS = ["preference_pairs", "fine_tuned_models", "evaluation", "eval_report", "champion_model"]
-
-# After the bank: run when every dataset slice of the model is materialized and newer than the last run,
-# and only while their blocking checks pass (a failed Great Expectations suite holds it back).
-RETRAIN_WHEN_BANK_CHANGES = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 
 
 def build_jobs(params: Params) -> tuple[dg.UnresolvedAssetJobDefinition, dg.UnresolvedAssetJobDefinition]:
-    bank = dg.define_asset_job("build_bank", selection=dg.AssetSelection.assets(*BANK_ASSETS),
+    bank = dg.define_asset_job("build_bank", selection=dg.AssetSelection.groups(BANK_GROUP),
                                partitions_def=bank_partitions(params),
                                description="One dataset x model slice of the bank: tasks to metrics.")
-    model = dg.define_asset_job("fine_tune_and_evaluate", selection=dg.AssetSelection.assets(*MODEL_ASSETS),
+    model = dg.define_asset_job("fine_tune_and_evaluate", selection=dg.AssetSelection.groups(MODEL_GROUP),
                                 partitions_def=model_partitions(params),
                                 description="One model: pairs, DPO + SFT, evaluation, report, promotion.")
     return bank, model
@@ -40,6 +33,6 @@ def build_schedule(params: Params, bank_job) -> dg.ScheduleDefinition:
 
 def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
-        "retrain_when_bank_changes", target=dg.AssetSelection.assets(*MODEL_ASSETS),
+        "retrain_when_bank_changes", target=dg.AssetSelection.groups(MODEL_GROUP),
         default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60,
         description="Pairs, fine-tunes, evaluation, report and promotion of a model, once its bank changed.")

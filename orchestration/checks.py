@@ -31,7 +31,7 @@ def parts_to_check(asset: str, params: Params, folder: Path) -> list[tuple[str, 
     """(part, rows, expected) for each table an asset wrote: one for most, one per fine-tune or model."""
     import pandas as pd
 
-    from pipelines.quality import eval_metric_rows
+    from pipelines.report import metric_rows
 
     if asset in ("raw_tasks", "generations", "attributions"):
         expected = {"raw_tasks": {"dataset": folder.name}, "attributions": {},
@@ -48,7 +48,7 @@ def parts_to_check(asset: str, params: Params, folder: Path) -> list[tuple[str, 
     if asset == "evaluation":
         return [(name, pd.read_parquet(folder / "evaluation" / name / "bank.parquet").to_dict("records"), {})
                 for name in params.evaluate.models]
-    return [("report", eval_metric_rows(json.loads((folder / "report" / "metrics.json").read_text())), {})]
+    return [("report", metric_rows(json.loads((folder / "report" / "metrics.json").read_text())), {})]
 
 
 def quality(asset: str, params: Params, folder: Path) -> dg.AssetCheckResult:

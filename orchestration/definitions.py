@@ -9,24 +9,16 @@ import os
 import dagster as dg
 
 from orchestration.assets import build_assets
-from orchestration.automation import (
-    MODEL_ASSETS,
-    RETRAIN_WHEN_BANK_CHANGES,
-    build_automation_sensor,
-    build_jobs,
-    build_schedule,
-)
+from orchestration.automation import build_automation_sensor, build_jobs, build_schedule
 from orchestration.resources import DvcLock, MlflowTracking, PscbParams
 from pipelines.config import load_params
 
 
 def build_definitions(params_path: str = "params.yaml", repo: str = ".") -> dg.Definitions:
     params = load_params(params_path)
-    assets = [a.with_attributes(automation_condition=RETRAIN_WHEN_BANK_CHANGES) if a.key.path[0] in MODEL_ASSETS
-              else a for a in build_assets(params)]
     bank_job, model_job = build_jobs(params)
     return dg.Definitions(
-        assets=assets, jobs=[bank_job, model_job], schedules=[build_schedule(params, bank_job)],
+        assets=build_assets(params), jobs=[bank_job, model_job], schedules=[build_schedule(params, bank_job)],
         sensors=[build_automation_sensor()],
         # steps in the run's own process: a run waiting for the compute pool then sleeps (the multiprocess
         # executor polled at about half a core per waiting run on 2 cores), and no step pays a new interpreter

@@ -5,7 +5,7 @@
     assert report.success, report.summary()
 
 `rows` are the records a stage wrote (JSON Lines records; the bank's `pd.read_parquet(...).to_dict("records")`;
-TRL's `log_history` for training_log; `eval_metric_rows(metrics)` for eval_metrics). `frame()` turns them into
+TRL's `log_history` for training_log; `report.metric_rows(metrics)` for eval_metrics). `frame()` turns them into
 the table a suite validates and adds a boolean column for each rule GX cannot state itself (a value in the
 row's own list, two fields that must differ, a vector as long as its features); the suite expects it True,
 so a failure names the rule. Failures name the offending rows by the artifact's id.
@@ -64,12 +64,6 @@ class QualityReport:
         return head + (": " + "; ".join(f.message for f in self.failures) if self.failures else "")
 
 
-def eval_metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (model, dataset) of metrics.json's `models` section, the "all" dataset included."""
-    return [{"model": model, "dataset": dataset, **stats}
-            for model, per_dataset in metrics["models"].items() for dataset, stats in per_dataset.items()]
-
-
 def _text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
@@ -114,8 +108,7 @@ ROW_IDS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "attributions": lambda r: f"{r.get('generation_id')}/{r.get('method')}",
     "bank": lambda r: f"{r.get('generation_id')}/{r.get('method')}/{r.get('explanation_index')}",
     "pairs": lambda r: r.get("id"),
-    # one log per fine-tune (`algorithm`, added by the caller) when several are validated together
-    "training_log": lambda r: f"{r['algorithm']}/{r.get('step')}" if "algorithm" in r else r.get("step"),
+    "training_log": lambda r: r.get("step"),
     "eval_metrics": lambda r: f"{r.get('model')}/{r.get('dataset')}",
 }
 
@@ -184,9 +177,6 @@ def frame(artifact: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
     table[ROW_ID] = [str(ROW_IDS[artifact](row)) for row in rows]
     for name, rule in DERIVED[artifact].items():
         table[name] = [_judge(rule, row) for row in rows]
-    if artifact == "training_log" and "step" in table:
-        algorithm = table["algorithm"] if "algorithm" in table else pd.Series("", index=table.index)
-        table["step_increases"] = (table["step"].groupby(algorithm, sort=False).diff().fillna(1) > 0).tolist()
     return table
 
 
@@ -242,7 +232,7 @@ def _expectations(artifact: str, table: pd.DataFrame, expected: dict[str, Any]) 
     if artifact == "training_log":
         fractions = [bounded(c, 0, 1) for c in ("rewards/accuracies", "mean_token_accuracy") if c in table]
         return [*common, *exist("step", "loss"), *not_null("step", "loss"),
-                among("step_increases", (True,)), *fractions, *rules()]
+                gxe.ExpectColumnValuesToBeIncreasing(column="step", strictly=True), *fractions, *rules()]
     # eval_metrics: per-decision Spearman / cosine summaries; a std of values in [-1, 1] lies in [0, 1]
     scores = [bounded(c, 0 if c.endswith("_std") else -1, 1) for c in table
               if c.startswith(("spearman_", "cosine_")) and not c.endswith("_ci95")]

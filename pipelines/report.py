@@ -1,7 +1,7 @@
 """Evaluation banks -> a self-contained HTML report and a machine-readable metrics file.
 
     python -m pipelines report [--params params.yaml]
-    # data/<model>/evaluation/{base,dpo,sft}/bank.parquet -> data/<model>/report/{report.html,metrics.json,alignment.csv}
+    # data/<model>/evaluation/{base,dpo,sft}/bank.parquet -> data/<model>/report/{report.html,metrics.json,...}
 
 Per dataset (in-domain and shifted side by side) and model (base, DPO, SFT): accuracy with a Wilson
 95% interval; per decision the best, median and worst Spearman and cosine over its explanations,
@@ -220,12 +220,15 @@ def run(params: Params) -> dict[str, Any]:
     return {"report": str(folder / "report.html"), "metrics": str(folder / "metrics.json")}
 
 
+def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (model, dataset) of metrics.json's `models` section, the "all" dataset included."""
+    return [{"model": model, "dataset": dataset, **stats}
+            for model, per_dataset in metrics["models"].items() for dataset, stats in per_dataset.items()]
+
+
 def write_plot_table(path: Path, metrics: dict[str, Any]) -> None:
-    """One row per (model, dataset): the figures `dvc plots show` draws and `dvc plots diff` compares."""
+    """The figures `dvc plots show` draws and `dvc plots diff` compares, one row per (model, dataset)."""
     import pandas as pd
 
-    rows = [{"model": name, "dataset": dataset, "accuracy": stats.get("accuracy"),
-             **{key: stats.get(key) for key in ("spearman_best", "spearman_median", "spearman_worst",
-                                                 "cosine_median")}}
-            for name, per_dataset in metrics["models"].items() for dataset, stats in per_dataset.items()]
-    pd.DataFrame(rows).to_csv(path, index=False)
+    columns = ["model", "dataset", "accuracy", "spearman_best", "spearman_median", "spearman_worst", "cosine_median"]
+    pd.DataFrame(metric_rows(metrics)).reindex(columns=columns).to_csv(path, index=False)
