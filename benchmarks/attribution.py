@@ -64,13 +64,13 @@ def stock_input(tokenizer, sequence):
     return inp
 
 
-def stock_attribution(model, tokenizer, method, sequence, params, forward_in_tokens=False) -> np.ndarray:
+def stock_attribution(model, tokenizer, method, sequence, params, forward_in_tokens=False, seed=11) -> np.ndarray:
     from captum._utils.models.linear_model import SkLearnLasso
     from captum.attr import (FeatureAblation, KernelShap, LayerGradientXActivation, LayerIntegratedGradients, Lime,
                              LLMAttribution, LLMGradientAttribution)
 
     inp, target = stock_input(tokenizer, sequence), torch.tensor(sequence.target_ids)
-    torch.manual_seed(11)
+    torch.manual_seed(seed)
     if method in ("lig", "input_x_gradient"):
         layer = model.get_input_embeddings()
         algorithm = LayerIntegratedGradients(model, layer) if method == "lig" else LayerGradientXActivation(model, layer)
@@ -155,15 +155,22 @@ def single_cases(model, tokenizer, counter, cases, methods, params, stock_token_
 
 
 def record_cases(model, tokenizer, counter, record, methods, params, peak) -> list[dict]:
+    """Whole records: ours with independent masks (the default: the decision's own samples, 12; the
+    explanations', 11), ours with one shared set, stock Captum per target with the same seeds, and the
+    released code's first-position approximation."""
     from pipelines.attribute import attribute_record, attribute_sequence
+    from pipelines.config import SAMPLING_METHODS
 
     rows = []
     for method in [m for m in methods if m in PERTURBATION]:
         run_params = params.model_copy(update={"methods": (method,)})
         first = run_params.model_copy(update={"target": "first_position"})
-        ours_s, ours_tokens, ours = counter.measure(lambda: attribute_record(model, record, method, run_params, 0, 11))
+        seeds = (12, 11) if method in SAMPLING_METHODS else None
+        ours_s, ours_tokens, ours = counter.measure(lambda: attribute_record(model, record, method, run_params, 0,
+                                                                             seeds))
         stock_s, stock_tokens, stock = counter.measure(
-            lambda: [stock_attribution(model, tokenizer, method, s, run_params) for s in record])
+            lambda: [stock_attribution(model, tokenizer, method, s, run_params, seed=(seeds or (11, 11))[i > 0])
+                     for i, s in enumerate(record)])
         first_s, _, _ = counter.measure(lambda: [attribute_sequence(model, s, method, first, 0, 11) for s in record])
         row = {"method": method, "record": f"1 decision ({len(record[0].target_ids)} tokens) + {len(record) - 1} "
                f"explanations ({len(record[1].target_ids)} tokens)", "ours_seconds": round(ours_s, 2),
@@ -172,6 +179,11 @@ def record_cases(model, tokenizer, counter, record, methods, params, peak) -> li
                "ours_token_forwards": ours_tokens, "stock_token_forwards": stock_tokens,
                "fraction_of_peak": round(ours_tokens / ours_s / peak, 3),
                "max_relative_difference": max(relative_difference(a, b) for a, b in zip(ours, stock))}
+        if seeds:  # what independent masks cost over one shared set
+            shared_s, shared_tokens, _ = counter.measure(
+                lambda: attribute_record(model, record, method, run_params, 0, (11, 11)))
+            row.update(shared_masks_seconds=round(shared_s, 2), shared_masks_token_forwards=shared_tokens,
+                       independent_over_shared=round(ours_s / shared_s, 2))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -185,10 +197,11 @@ def markdown(results: dict) -> str:
         diff = f"{r['max_relative_difference']:.1e}" if "max_relative_difference" in r else "-"
         lines.append(f"| {r['method']} | {r['target']} | {r['ours_seconds']} | {stock} | {r['speedup_vs_stock']}x | "
                      f"{r.get('first_position_seconds', '-')} | {diff} | {100 * r['fraction_of_peak']:.0f}% |")
-    lines += ["", "| method | whole record | ours s | stock s | speed-up | first-position s | max diff | % of peak |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| method | whole record | ours s | shared masks s | stock s | speed-up | first-position s | max diff "
+              "| % of peak |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results["record"]:
-        lines.append(f"| {r['method']} | {r['record']} | {r['ours_seconds']} | {r['stock_seconds']} | "
+        shared = f"{r['shared_masks_seconds']} ({r['independent_over_shared']}x)" if "shared_masks_seconds" in r else "-"
+        lines.append(f"| {r['method']} | {r['record']} | {r['ours_seconds']} | {shared} | {r['stock_seconds']} | "
                      f"{r['speedup_vs_stock']}x | {r['first_position_seconds']} | {r['max_relative_difference']:.1e} | "
                      f"{100 * r['fraction_of_peak']:.0f}% |")
     return "\n".join(lines) + "\n"
@@ -222,7 +235,7 @@ def run(model, tokenizer, task, params, methods, lengths=(40, 200), record_expla
         run_params = params.model_copy(update={"methods": ("lime",), "n_samples": 500})
         from pipelines.attribute import attribute_record
 
-        seconds, _, _ = counter.measure(lambda: attribute_record(model, record, "lime", run_params, 0, 11))
+        seconds, _, _ = counter.measure(lambda: attribute_record(model, record, "lime", run_params, 0, (12, 11)))
         stock_50 = next(r["stock_seconds"] for r in results["record"] if r["method"] == "lime")
         results["lime_500_record"] = {"ours_seconds": round(seconds, 2),
                                       "stock_seconds_projected": round(stock_50 * 500 / params.n_samples, 1)}

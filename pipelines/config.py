@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DATASETS = ("ecqa", "arc_easy", "arc_challenge", "codah", "commonsense_qa")
 ATTRIBUTION_METHODS = ("lime", "kernel_shap", "feature_ablation", "lig", "input_x_gradient")
+SAMPLING_METHODS = ("lime", "kernel_shap")  # the ones that draw perturbation samples
+GRADIENT_METHODS = ("lig", "input_x_gradient")
 METRICS = ("spearman", "cosine", "l1_dot", "kendall", "top_k_overlap")
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
@@ -103,6 +105,9 @@ class GenerateParams(Section):
     max_new_tokens_explanation: int = Field(400, ge=1)
     batch_size: int = Field(16, ge=1, description="Sequences decoded together.")
     tasks_per_chunk: int = Field(8, ge=1, description="Tasks written per checkpoint.")
+    counterfactual: bool = Field(
+        True, description="Also write one explanation after a forced other option (seeded, seed + k): the "
+        "diagnosticity control of the score summary. A task with a single option is kept and marked.")
 
 
 class AttributeParams(Section):
@@ -122,6 +127,15 @@ class AttributeParams(Section):
     baseline_token: str | int = Field(
         "pad", description="Replacement for a removed token: pad (eos if none), unk, eos, bos or an id."
     )
+    masks: Literal["independent", "shared"] = Field(
+        "independent",
+        description="LIME / KernelSHAP sampling: independent = the decision draws its own perturbation "
+        "samples and the k explanations share another set (seeds derived from seed, record, method and "
+        "role); shared = one set for the decision and its explanations, which correlates the surrogate's "
+        "errors and inflates their agreement (README: measured bias). Gradient methods take no samples.")
+    null_explanations: int = Field(
+        1, ge=0, description="Explanations of other tasks of the slice teacher-forced on each decision's "
+        "prompt: the null floor of the score summary (0 = none).")
     n_samples: int = Field(500, ge=2, description="LIME / KernelSHAP perturbation samples.")
     lime_alpha: float = Field(0.01, gt=0, description="Lasso alpha of LIME's surrogate.")
     ig_steps: int = Field(25, ge=2, description="Integrated-gradients steps (Gauss-Legendre).")
@@ -135,6 +149,15 @@ class AttributeParams(Section):
     def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return known(value, ATTRIBUTION_METHODS, "method")
 
+    @field_validator("masks")
+    @classmethod
+    def _masks_need_sampling(cls, value: str, info) -> str:
+        gradient = [m for m in info.data.get("methods", ()) if m in GRADIENT_METHODS]
+        if value == "shared" and gradient:
+            raise ValueError(f"masks 'shared' applies to perturbation methods only; {gradient} are gradient "
+                             "methods and take no perturbation masks: use 'independent' or drop them")
+        return value
+
     @field_validator("baseline_token")
     @classmethod
     def _known_baseline(cls, value: str | int) -> str | int:
@@ -146,6 +169,8 @@ class AttributeParams(Section):
 class ScoreParams(Section):
     metrics: tuple[str, ...] = Field(METRICS, min_length=1)
     top_k: int = Field(5, ge=1, description="k of the top-k overlap (Jaccard) metric.")
+    bootstrap_samples: int = Field(2000, ge=100, description="Resamples (over decisions) for the null floor "
+                                   "and diagnosticity intervals of the score summary.")
 
     @field_validator("metrics")
     @classmethod

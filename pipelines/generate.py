@@ -17,7 +17,9 @@ from typing import Any
 from pipelines.config import GenerateParams, Params
 from pipelines.layout import chat_ids
 from pipelines.prompts import decision_conversation, explanation_conversation, parse_answer
-from pipelines.records import Appender, Generation, Task, existing_ids, read_records, read_stage_input, write_json
+from pipelines.records import (Appender, Choice, Generation, Task, existing_ids, read_records, read_stage_input,
+                               write_json)
+from pipelines.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -87,31 +89,60 @@ def sample_batched(model, prompts: list[list[int]], seeds: list[int], max_new_to
     return results
 
 
+def counterfactual_option(task: Task, answer_label: str | None, seed: int) -> Choice | None:
+    """A seeded option other than the model's answer (any option when the answer was unparseable)."""
+    import random
+
+    others = [c for c in task.choices if c.label != answer_label]
+    if len(task.choices) < 2 or not others:
+        return None
+    return random.Random(derive_seed(seed, task.id, "counterfactual")).choice(others)
+
+
+def forced_decision(option: Choice) -> str:
+    return f"{option.label}) {option.text}"  # the form the decision prompt asks for
+
+
 def generate(model, tokenizer, tasks: list[Task], params: GenerateParams, seed: int,
              identity: dict[str, Any]) -> list[Generation]:
-    """One decision and k explanations per task, with the parsed answer and its correctness."""
+    """One decision and k explanations per task, with the parsed answer and its correctness, and (when
+    `params.counterfactual`) one explanation written after a forced other option."""
     stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)
     prompts = [chat_ids(tokenizer, decision_conversation(t)) for t in tasks]
     decision_ids = sample_batched(model, prompts, [seed] * len(tasks), params.max_new_tokens_decision,
                                   params, stop_ids, pad_id)
     decisions = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in decision_ids]
+    parsed = [parse_answer(d, t) for d, t in zip(decisions, tasks)]
     k = params.n_explanations
+    options = [counterfactual_option(t, label, seed) if params.counterfactual else None
+               for t, (label, _) in zip(tasks, parsed)]
+    forced = [(n, o) for n, o in enumerate(options) if o is not None]
     why_prompts = [chat_ids(tokenizer, explanation_conversation(t, d)) for t, d in zip(tasks, decisions)]
-    flat = sample_batched(model, [p for p in why_prompts for _ in range(k)],
-                          [seed + i for _ in tasks for i in range(k)], params.max_new_tokens_explanation, params,
-                          stop_ids, pad_id)
+    # the counterfactual explanations decode in the same batches; every sequence has its own generator
+    flat = sample_batched(
+        model, [p for p in why_prompts for _ in range(k)]
+        + [chat_ids(tokenizer, explanation_conversation(tasks[n], forced_decision(o))) for n, o in forced],
+        [seed + i for _ in tasks for i in range(k)] + [seed + k] * len(forced),
+        params.max_new_tokens_explanation, params, stop_ids, pad_id)
+    counterfactual_ids = dict(zip((n for n, _ in forced), flat[len(tasks) * k:]))
     settings = {**params.model_dump(), "seed": seed, "chat_template_sha256": _template_digest(tokenizer)}
     records = []
     for n, task in enumerate(tasks):
-        label, how = parse_answer(decisions[n], task)
+        label, how = parsed[n]
         explanation_ids = flat[n * k:(n + 1) * k]
+        counterfactual = None
+        if params.counterfactual:
+            counterfactual = {"label": None, "reason": "no other option"} if options[n] is None else {
+                "label": options[n].label, "decision": forced_decision(options[n]),
+                "explanation": tokenizer.decode(counterfactual_ids[n], skip_special_tokens=True).strip(),
+                "explanation_ids": counterfactual_ids[n], "seed": seed + k}
         records.append(Generation(
             id=task.id, task=task, decision=decisions[n], decision_ids=decision_ids[n], answer_label=label,
             parse_status=how, correct=None if task.answer_label is None else label == task.answer_label,
             explanations=[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in explanation_ids],
             explanation_ids=explanation_ids, seeds=[seed] + [seed + i for i in range(k)], model=identity,
-            settings=settings))
+            settings=settings, counterfactual=counterfactual))
     return records
 
 
@@ -150,6 +181,12 @@ def run(params: Params) -> dict[str, Any]:
         "accuracy": sum(r["correct"] for r in graded) / len(graded) if graded else None,
         "unparseable": sum(r["parse_status"] == "unparseable" for r in rows),
         "empty_explanations": sum(not e for r in rows for e in r["explanations"]),
+        "counterfactuals": {
+            "formed": sum(bool((r.get("counterfactual") or {}).get("label")) for r in rows),
+            "not_formed": sum(r.get("counterfactual") is not None and not r["counterfactual"].get("label")
+                              for r in rows),
+            "empty": sum(bool((r.get("counterfactual") or {}).get("label")) and not r["counterfactual"]["explanation"]
+                         for r in rows)},
     }
     write_json(data / "generations_summary.json", summary)
     return summary

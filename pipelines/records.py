@@ -50,6 +50,9 @@ class Generation:
     seeds: list[int]  # decision seed, then one per explanation
     model: dict[str, Any]
     settings: dict[str, Any]
+    # the diagnosticity control: an explanation written after a forced other option, {label, decision,
+    # explanation, explanation_ids, seed}; {label: None, reason} when none can be formed; None = not asked
+    counterfactual: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Generation:
@@ -71,6 +74,11 @@ class Attribution:
     baseline_token: str
     model: dict[str, Any]  # identity of the model attributed (the generating model's)
     settings: dict[str, Any]
+    masks: str = "none"  # independent | shared (LIME, KernelSHAP); none: the method draws no samples
+    seeds: dict[str, int] | None = None  # {decision, explanations}: the seeds of the two mask sets
+    # the null floor and diagnosticity controls: {kind: counterfactual | mismatched, source, text, vector},
+    # over the explanations' features
+    controls: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Attribution:

@@ -81,24 +81,46 @@ def test_equals_stock_captum_on_smollm2(smollm2, tokenizer, method):
     compare(smollm2, tokenizer, method, "B) carbon dioxide", n_samples=24, steps=4)
 
 
-@pytest.mark.parametrize("method", ["feature_ablation", "lime", "kernel_shap"])
-def test_shared_record_path_equals_one_attribution_per_target(tiny_model_fp64, tokenizer, method):
-    from pipelines.attribute import attribute_record
+def record_sequences_of(tokenizer, explanations):
     from pipelines.layout import record_sequences
     from pipelines.prompts import explanation_conversation
 
     decision = "B) carbon dioxide"
-    explanations = ["Plants use it for photosynthesis.", "It is what leaves take in.", ""]
-    sequences = record_sequences(
+    return record_sequences(
         tokenizer, decision_conversation(TASK), explanation_conversation(TASK, decision),
         tokenizer(decision, add_special_tokens=False).input_ids,
         [tokenizer(e, add_special_tokens=False).input_ids for e in explanations], "first_user_message")
-    params = AttributeParams(methods=(method,), n_samples=30, batch_size=8)
-    shared = attribute_record(tiny_model_fp64, sequences, method, params, 0, seed=5)
-    for vector, sequence in zip(shared, sequences):
-        alone = attribute_sequence(tiny_model_fp64, sequence, method, params, 0, seed=5)
+
+
+@pytest.mark.parametrize("masks", ["independent", "shared"])
+@pytest.mark.parametrize("method", ["feature_ablation", "lime", "kernel_shap"])
+def test_record_path_equals_one_attribution_per_target_with_its_seed(tiny_model_fp64, tokenizer, method, masks):
+    """Stock-equivalent per target: the decision with its own seed, every explanation with the shared one."""
+    from pipelines.attribute import attribute_record, record_seeds
+
+    sequences = record_sequences_of(tokenizer, ["Plants use it for photosynthesis.", "It is what leaves take in.", ""])
+    params = AttributeParams(methods=(method,), n_samples=30, batch_size=8, masks=masks)
+    seeds = record_seeds(42, "arc_easy/t", method, masks)
+    assert (seeds is None) == (method == "feature_ablation")
+    assert seeds is None or (seeds[0] == seeds[1]) == (masks == "shared")
+    record = attribute_record(tiny_model_fp64, sequences, method, params, 0, seeds)
+    for index, (vector, sequence) in enumerate(zip(record, sequences)):
+        seed = (seeds or (0, 0))[index > 0]
+        alone = attribute_sequence(tiny_model_fp64, sequence, method, params, 0, seed=seed)
         np.testing.assert_allclose(vector, alone, rtol=1e-6, atol=1e-6 * max(np.abs(alone).max(), 1e-12))
-    assert not shared[-1].any()  # the empty explanation
+    assert not record[-1].any()  # the empty explanation
+
+
+def test_independent_masks_differ_from_shared_for_the_decision_only(tiny_model_fp64, tokenizer):
+    from pipelines.attribute import attribute_record, record_seeds
+
+    sequences = record_sequences_of(tokenizer, ["Plants use it for photosynthesis."])
+    params = AttributeParams(methods=("lime",), n_samples=30, batch_size=8)
+    shared = attribute_record(tiny_model_fp64, sequences, "lime", params, 0, record_seeds(1, "r", "lime", "shared"))
+    independent = attribute_record(tiny_model_fp64, sequences, "lime", params, 0,
+                                   record_seeds(1, "r", "lime", "independent"))
+    np.testing.assert_allclose(independent[1], shared[1], rtol=1e-9)  # the explanation seed is the same
+    assert not np.allclose(independent[0], shared[0])
 
 
 @pytest.mark.parametrize("method", ["lime", "lig"])
