@@ -101,7 +101,16 @@ def bank_means(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     import pandas as pd
 
     table = pd.read_parquet(folder / "bank.parquet")
-    return {"rows": len(table), **{f"mean_{m}": float(table[m].mean()) for m in ("spearman", "cosine")}}
+    own = table[table["kind"] == "own"]
+    out = {"rows": len(table), "own_rows": len(own),
+           **{f"mean_{m}": float(own[m].mean()) for m in ("spearman", "cosine")}}
+    for method, stats in summary.get("methods", {}).items():  # the trust figures, per method (Spearman)
+        floor = stats.get("null_floor", {}).get("all", {}).get("spearman", {}).get("observed_minus_floor", {})
+        auroc = stats.get("diagnosticity", {}).get("all", {}).get("spearman", {}).get("auroc", {})
+        out |= {f"{method}_spearman_minus_null_floor": floor.get("mean"),
+                f"{method}_spearman_diagnosticity_auroc": auroc.get("mean"),
+                f"{method}_warnings": len(stats.get("warnings", []))}
+    return out
 
 
 def training_figures(mlflow: MlflowTracking, params: Params, folder: Path, summary: dict[str, Any]) -> dict[str, Any]:

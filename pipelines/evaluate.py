@@ -16,6 +16,7 @@ from typing import Any
 
 from pipelines import attribute, generate, score
 from pipelines.config import Params
+from pipelines.controls import OWN
 from pipelines.records import Task, write_json, write_records
 from pipelines.tasks import build_tasks, load_rows
 from pipelines.tracking import use_experiment
@@ -77,6 +78,7 @@ def run(params: Params) -> dict[str, Any]:
         attribute.run(own)
         score.run(own)
         bank = pd.read_parquet(folder / "bank.parquet")
+        bank = bank[bank["kind"] == OWN]
         metrics = {"accuracy": generated["accuracy"], "decisions": generated["generations"],
                    **{f"mean_{m}": float(bank[m].mean()) for m in ("spearman", "cosine") if m in bank}}
         metrics["mlflow_run_id"] = log_evaluation(params, name, own, metrics)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import PairParams, Params
+from pipelines.controls import OWN
 from pipelines.prompts import explanation_conversation
 from pipelines.records import Task, read_stage_input, write_json, write_records
 
@@ -45,7 +46,7 @@ def make_pairs(bank_rows: list[dict[str, Any]], generations: dict[str, dict[str,
     """Pairs from the bank rows of one attribution method; the Counter says why decisions gave none."""
     by_decision: dict[str, list[dict[str, Any]]] = {}
     for row in bank_rows:
-        if row["method"] == method:
+        if row["method"] == method and row.get("kind", OWN) == OWN:  # controls are never paired
             by_decision.setdefault(row["generation_id"], []).append(row)
     pairs, dropped = [], Counter()
     for generation_id, rows in by_decision.items():

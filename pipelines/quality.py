@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import ATTRIBUTION_METHODS, DATASETS, METRICS
+from pipelines.controls import COUNTERFACTUAL, MISMATCHED
 from pipelines.pair import PAIR_SPLITS
 from pipelines.records import Attribution, Generation, Task
 
@@ -35,6 +36,7 @@ ARTIFACTS = ("tasks", "generations", "attributions", "bank", "pairs", "training_
 SPLITS = ("train", "eval", "test")
 PARSE_STATUSES = ("letter", "text", "unparseable")
 EXPECTED = ("dataset", "n_explanations", "min_margin", "keep_ties", "min_rows")
+CONTROL_KINDS = (COUNTERFACTUAL, MISMATCHED)
 ROW_ID = "row_id"  # the column GX reports offending rows by
 MAX_ROWS = 20
 
@@ -97,6 +99,19 @@ def _attribution_lengths(row: dict[str, Any]) -> bool:
             and all(len(v) == len(t) for v, t in zip(row["explanations"], tokens)))
 
 
+def _controls_well_formed(row: dict[str, Any]) -> bool:
+    return all(c["kind"] in CONTROL_KINDS and len(c["vector"]) == len(row["feature_tokens"]) and _finite(c["vector"])
+               and isinstance(c["text"], str) for c in row.get("controls") or [])
+
+
+def _counterfactual_well_formed(row: dict[str, Any]) -> bool:
+    made = row.get("counterfactual")
+    if made is None or made.get("label") is None:  # not asked, or no other option (kept and counted)
+        return True
+    return (made["label"] in _labels(row["task"]) and made["label"] != row["answer_label"]
+            and isinstance(made["explanation"], str) and isinstance(made["explanation_ids"], list))
+
+
 def _intervals_ordered(row: dict[str, Any]) -> bool:
     return all(value[0] <= value[1] for key, value in row.items() if key.endswith("_ci95") and value is not None)
 
@@ -106,7 +121,7 @@ ROW_IDS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "tasks": lambda r: r.get("id"),
     "generations": lambda r: r.get("id"),
     "attributions": lambda r: f"{r.get('generation_id')}/{r.get('method')}",
-    "bank": lambda r: f"{r.get('generation_id')}/{r.get('method')}/{r.get('explanation_index')}",
+    "bank": lambda r: r.get("id"),
     "pairs": lambda r: r.get("id"),
     "training_log": lambda r: r.get("step"),
     "eval_metrics": lambda r: f"{r.get('model')}/{r.get('dataset')}",
@@ -129,10 +144,12 @@ DERIVED: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
         "ids_and_seeds_match_explanations": lambda r: len(r["explanation_ids"]) == len(r["explanations"])
         == len(r["seeds"]) - 1,
         "n_explanations": lambda r: len(r["explanations"]),
+        "counterfactual_is_another_option": _counterfactual_well_formed,
     },
     "attributions": {
         "vector_length_matches_features": _attribution_lengths,
         "all_finite": lambda r: _finite(r["decision"]) and all(map(_finite, r["explanations"])),
+        "controls_well_formed": _controls_well_formed,
     },
     "bank": {
         "vector_length_matches_features": lambda r: len(r["decision_vector"]) == len(r["explanation_vector"])
@@ -215,10 +232,11 @@ def _expectations(artifact: str, table: pd.DataFrame, expected: dict[str, Any]) 
                 among("method", ATTRIBUTION_METHODS), *rules()]
     if artifact == "bank":
         scores = [bounded(m, 0 if m == "top_k_overlap" else -1, 1) for m in METRICS if m in table]
-        return [*common, *exist("id", "generation_id", "task_id", "method", "explanation_index", "n_features",
+        return [*common, *exist("id", "generation_id", "task_id", "method", "kind", "explanation_index", "n_features",
                                 "decision_vector", "explanation_vector"),
                 *not_null("generation_id", "task_id"), among("method", ATTRIBUTION_METHODS),
-                among("split", SPLITS), among("correct", [True, False]), bounded("explanation_index", 0), *scores,
+                among("split", SPLITS), among("correct", [True, False]), bounded("explanation_index", 0),
+                among("kind", CONTROL_KINDS + ("own",)), *scores,
                 *rules()]
     if artifact == "pairs":
         # the released code's keep_ties keeps equal scores and identical texts

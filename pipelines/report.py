@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import Params
+from pipelines.controls import OWN, bootstrap_ci, control_summary
 from pipelines.evaluate import evaluation_datasets
 from pipelines.records import write_json
+from pipelines.score import sample_warnings
 
 METRICS = ("spearman", "cosine")
 
@@ -39,17 +41,9 @@ def wilson(successes: int, n: int) -> tuple[float, float] | None:
     return round(centre - half, 4), round(centre + half, 4)
 
 
-def bootstrap_ci(values: np.ndarray, samples: int, seed: int) -> tuple[float, float] | None:
-    values = values[~np.isnan(values)]
-    if len(values) < 2:
-        return None
-    means = np.random.default_rng(seed).choice(values, (samples, len(values))).mean(1)
-    return round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)
-
-
 def per_decision(bank, method: str):
     """One row per decision: best / median / worst of each metric over its explanations, and spread."""
-    rows = bank[bank["method"] == method]
+    rows = bank[(bank["method"] == method) & (bank["kind"] == OWN)]
     grouped = rows.groupby("generation_id")
     table = grouped[["dataset", "task_id", "correct"]].first()
     for metric in METRICS:
@@ -161,7 +155,8 @@ def figures(tables: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, 
     for ax, metric in zip(axes, METRICS):
         ax.boxplot([tables[n][f"{metric}_spread"].dropna() for n in names], tick_labels=names)
         ax.set_title(f"{metric}: std across a decision's explanations")
-    emit("how much each metric separates the explanations of one decision", fig)
+    # spread is not discrimination: the trust table's diagnosticity AUROC says whether a metric tells apart
+    emit("spread across a decision's explanations (not discrimination: see the diagnosticity AUROC)", fig)
     return out
 
 
@@ -186,6 +181,7 @@ def render(metrics: dict[str, Any], plots: list[tuple[str, str]]) -> str:
                    f"<td>{r['spearman_median_difference']}</td><td>{r.get('wilcoxon_p', '–')}</td>"
                    f"<td>+{r['accuracy_gained']} / -{r['accuracy_lost']}</td><td>{r['mcnemar_p'] or '–'}</td></tr>"
                    for name, per in metrics["paired_vs_base"].items() for d, r in per.items()]
+    trust = trust_section(metrics.get("trust", {}))
     images = "".join(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(t)}</figcaption></figure>"
                      for t, b64 in plots)
     header = "".join(f"<th>{k.replace('_', ' ')}</th>" for k in ["dataset", "domain", "model", "decisions", *keys])
@@ -199,7 +195,39 @@ then averaged over decisions; [95% CI] (Wilson for accuracy, bootstrap for means
 <h2>Paired against the base model (same tasks)</h2>
 <table><tr><th>model</th><th>dataset</th><th>tasks</th><th>median Spearman difference</th><th>Wilcoxon p</th>
 <th>correct gained / lost</th><th>McNemar p</th></tr>{''.join(paired_rows)}</table>
+{trust}
 <h2>Figures</h2>{images}</body></html>"""
+
+
+def trust_section(trust: dict[str, Any]) -> str:
+    """Observed alignment vs its null floor, and the diagnosticity AUROC, per model and dataset."""
+    def estimate(e: dict[str, Any] | None) -> str:
+        if not e or e.get("mean") is None:
+            return "–"
+        ci = e.get("ci95")
+        return f"{e['mean']:+.3f}" + (f" <small>[{ci[0]:+.3f}, {ci[1]:+.3f}]</small>" if ci else "") + \
+            f" <small>n={e['decisions']}</small>"
+
+    rows, warnings = [], []
+    for name, figures in trust.items():
+        warnings += [f"<li>{html.escape(name)}: {html.escape(w)}</li>" for w in figures.get("warnings", [])]
+        for dataset, by_metric in figures.get("null_floor", {}).items():
+            diagnostic = figures["diagnosticity"][dataset]
+            for metric, floor in by_metric.items():
+                rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(dataset)}</td><td>{metric}</td>"
+                            f"<td>{estimate(floor['observed'])}</td><td>{estimate(floor['floor'])}</td>"
+                            f"<td>{estimate(floor['observed_minus_floor'])}</td>"
+                            f"<td>{estimate(diagnostic[metric]['auroc'])}</td></tr>")
+    if not rows:
+        return "<h2>Trust in the measurement</h2><p>No control explanations in these banks.</p>"
+    return f"""<h2>Trust in the measurement</h2>
+<p>Null floor: the same decision's vector against explanations of other tasks teacher-forced on its prompt; only
+observed minus floor is agreement that belongs to the explanation. Diagnosticity: within each decision, the AUROC
+of its own explanations' scores against the counterfactual explanation (written after a forced other option);
+0.5 = the metric cannot tell them apart. Means over decisions, [bootstrap 95% CI over decisions].</p>
+<ul>{''.join(warnings)}</ul>
+<table><tr><th>model</th><th>dataset</th><th>metric</th><th>observed</th><th>null floor</th><th>observed - floor</th>
+<th>diagnosticity AUROC</th></tr>{''.join(rows)}</table>"""
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -207,13 +235,17 @@ def run(params: Params) -> dict[str, Any]:
 
     source, folder = Path(params.data_dir) / "evaluation", Path(params.data_dir) / "report"
     method = params.pair.method or params.attribute.methods[0]
-    tables = {}
+    tables, trust = {}, {}
     for name in params.evaluate.models:
         path = source / name / "bank.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: run `python -m pipelines evaluate` first")
-        tables[name] = per_decision(pd.read_parquet(path), method)
-    metrics = build_metrics(params, tables)
+        bank = pd.read_parquet(path)
+        tables[name] = per_decision(bank, method)
+        rows = bank[bank["method"] == method]
+        trust[name] = {"warnings": sample_warnings(rows[rows["kind"] == OWN], method),
+                       **control_summary(rows, params.score.metrics, params.evaluate.bootstrap_samples, params.seed)}
+    metrics = build_metrics(params, tables) | {"trust": trust}
     write_json(folder / "metrics.json", metrics)
     write_plot_table(folder / "alignment.csv", metrics)
     (folder / "report.html").write_text(render(metrics, figures(tables, metrics)))

@@ -13,7 +13,8 @@ def write(tmp_path, text):
 def test_repo_params_file_is_valid():
     params = load_params(REPO / "params.yaml")
     assert params.model.id == "embedded:smollm2-135m-instruct"
-    assert params.attribute.methods == ("lime",)
+    assert params.attribute.methods == ("feature_ablation",)
+    assert params.attribute.masks == "independent" and params.generate.counterfactual
 
 
 def test_schema_defaults_are_the_papers_values():
@@ -32,6 +33,8 @@ def test_schema_defaults_are_the_papers_values():
     ("generate:\n  temprature: 0.5\n", "generate.temprature: Extra inputs are not permitted (unknown key)"),
     ("tasks:\n  split_fractions: [0.5, 0.2, 0.1]\n", "sum to 1"),
     ("attribute:\n  baseline_token: mask\n", "baseline_token must be"),
+    ("attribute:\n  methods: [lime, lig]\n  masks: shared\n", "attribute.masks: Value error, masks 'shared' applies"),
+    ("attribute:\n  masks: per_target\n", "attribute.masks"),
     ("- just\n- a list\n", "expected a mapping"),
 ])
 def test_bad_params_name_the_key(tmp_path, text, fragment):

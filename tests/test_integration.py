@@ -28,10 +28,14 @@ def test_cli_builds_a_bank_with_smollm2(tmp_path, shared_datasets, smollm2_dir):
         assert f"[{stage} ecqa" in done.stdout and f"[{stage} arc_easy" in done.stdout
     slices = tmp_path / "data" / "smollm2-135m-instruct" / "bank"
     bank = pd.concat([pd.read_parquet(slices / dataset / "bank.parquet") for dataset in ("ecqa", "arc_easy")])
-    assert len(bank) == 4 * 2 * 2  # tasks x methods x explanations
+    own = bank[bank["kind"] == "own"]
+    assert len(own) == 4 * 2 * 2  # tasks x methods x explanations
+    # one counterfactual and one mismatched control per decision and method (each slice has two tasks)
+    assert bank["kind"].value_counts().to_dict() == {"own": 16, "counterfactual": 8, "mismatched": 8}
     assert set(bank["dataset"]) == {"ecqa", "arc_easy"} and set(bank["model"]) == {"embedded:smollm2-135m-instruct"}
     expected_columns = {"id", "generation_id", "task_id", "dataset", "split", "method", "explanation_index", "correct",
                         "answer_label", "gold_label", "decision", "explanation", "n_features", "spearman", "cosine",
+                        "kind", "control_source", "masks", "decision_seed", "explanation_seed", "n_samples",
                         "l1_dot", "kendall", "top_k_overlap", "decision_vector", "explanation_vector",
                         "feature_tokens", "model"}
     assert expected_columns <= set(bank.columns)

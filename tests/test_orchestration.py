@@ -51,7 +51,9 @@ def test_whole_graph_materializes_with_metadata_and_passing_checks(tmp_path, tin
         assert metadata["dvc"].value == "no DVC repository"  # tmp_path is none; tests/test_dvc.py has one
         assert event.asset_materialization.tags["dagster/data_version"] == metadata["data_digest"].value
     bank = instance.get_latest_materialization_event(dg.AssetKey("bank")).asset_materialization.metadata
-    assert bank["rows"].value == 6 * 3 and -1 <= bank["mean_spearman"].value <= 1  # tasks x k
+    assert bank["own_rows"].value == 6 * 3 and -1 <= bank["mean_spearman"].value <= 1  # tasks x k
+    assert bank["rows"].value == 6 * (3 + 2)  # and one counterfactual and one mismatched control per task
+    assert 0 <= bank["feature_ablation_spearman_diagnosticity_auroc"].value <= 1
     evaluation = instance.get_latest_materialization_event(dg.AssetKey("evaluation")).asset_materialization
     assert 0 <= evaluation.metadata["dpo_accuracy"].value <= 1
     assert "/#/experiments/" in evaluation.metadata["dpo_mlflow_run"].value

@@ -43,7 +43,10 @@ def make_generation(task: Task) -> Generation:
                       parse_status="letter", correct=answer == task.answer_label,
                       explanations=[f"Because reason {i} of {task.id}." for i in range(K)],
                       explanation_ids=[[3, i] for i in range(K)], seeds=[42] + [42 + i for i in range(K)],
-                      model={"id": "tiny"}, settings={"n_explanations": K, "seed": 42})
+                      model={"id": "tiny"}, settings={"n_explanations": K, "seed": 42},
+                      counterfactual={"label": "A" if answer == "B" else "B", "decision": "A) oxygen",
+                                      "explanation": "Because of the other option.", "explanation_ids": [4, 5],
+                                      "seed": 42 + K})
 
 
 def make_attribution(generation: Generation, rng: np.random.Generator) -> Attribution:
@@ -55,7 +58,11 @@ def make_attribution(generation: Generation, rng: np.random.Generator) -> Attrib
                        features="first_user_message", feature_tokens=tokens,
                        decision=rng.normal(size=len(tokens)).tolist(), explanation_feature_tokens=[tokens] * K,
                        explanations=explanations, baseline_token_id=2, baseline_token="<|im_end|>",
-                       model={"id": "tiny"}, settings={"n_samples": 8})
+                       model={"id": "tiny"}, settings={"n_samples": 8}, masks="independent",
+                       seeds={"decision": 1, "explanations": 2},
+                       controls=[{"kind": kind, "source": source, "text": "Another reason.",
+                                  "vector": rng.normal(size=len(tokens)).tolist()}
+                                 for kind, source in (("counterfactual", "A"), ("mismatched", "arc_easy/q9/0"))])
 
 
 TRAINING_LOG = [  # TRL's log_history as DPOTrainer writes it (trainer_state.json)
@@ -143,7 +150,13 @@ BROKEN = [  # artifact, row, mutation, expected, expectation, column
     ("bank", 4, put("spearman", 1.5), {}, BETWEEN, "spearman"),
     ("bank", 4, put("cosine", float("inf")), {}, BETWEEN, "cosine"),
     ("bank", 4, put("task_id", None), {}, "expect_column_values_to_not_be_null", "task_id"),
-    ("bank", 4, put("explanation_index", 0), {}, "expect_column_values_to_be_unique", ROW_ID),
+    ("bank", 4, lambda r: r.update(id=r["id"].rsplit("/", 1)[0] + "/0"), {}, "expect_column_values_to_be_unique",
+     ROW_ID),
+    ("bank", 4, put("kind", "other"), {}, IN_SET, "kind"),
+    ("attributions", 1, lambda r: r["controls"][0]["vector"].pop(), {}, IN_SET, "controls_well_formed"),
+    ("attributions", 1, lambda r: r["controls"][1].update(kind="random"), {}, IN_SET, "controls_well_formed"),
+    ("generations", 1, lambda r: r["counterfactual"].update(label=r["answer_label"]), {}, IN_SET,
+     "counterfactual_is_another_option"),
     ("bank", 4, lambda r: r.update(decision_vector=r["decision_vector"][:-1]), {}, IN_SET,
      "vector_length_matches_features"),
     ("pairs", 0, lambda r: r.update(rejected=copy.deepcopy(r["chosen"])), {}, IN_SET, "chosen_differs_from_rejected"),

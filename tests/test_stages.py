@@ -33,7 +33,18 @@ def test_stages_write_a_bank_pandas_reads(params):
     assert attribute.run(params)["attributions"] == 12
     summary = score.run(params)
     bank = pd.read_parquet(f"{params.data_dir}/bank.parquet")
-    assert len(bank) == summary["rows"] == 6 * 2 * 2
+    own = bank[bank["kind"] == "own"]
+    assert len(own) == 6 * 2 * 2  # decisions x explanations x methods
+    # per decision and method one counterfactual (every task has another option) and one mismatched control
+    assert bank["kind"].value_counts().to_dict() == {"own": 24, "counterfactual": 12, "mismatched": 12}
+    assert len(bank) == summary["rows"]
+    lime = bank[bank["method"] == "lime"]
+    assert set(lime["masks"]) == {"independent"} and (lime["decision_seed"] != lime["explanation_seed"]).all()
+    assert lime.groupby("generation_id")["decision_seed"].nunique().eq(1).all()
+    assert lime["decision_seed"].nunique() == 6  # one mask set per record, not one for the whole bank
+    assert set(bank.loc[bank["method"] == "feature_ablation", "masks"]) == {"none"}
+    mismatched = bank[bank["kind"] == "mismatched"]
+    assert (mismatched["control_source"].str.rsplit("/", n=1).str[0] != mismatched["generation_id"]).all()
     assert set(bank["method"]) == {"feature_ablation", "lime"} and set(bank["dataset"]) == {"arc_challenge", "codah"}
     for row in bank.itertuples():
         assert len(row.decision_vector) == len(row.explanation_vector) == row.n_features == len(row.feature_tokens)
@@ -41,7 +52,13 @@ def test_stages_write_a_bank_pandas_reads(params):
         defined = bank[metric].dropna()
         assert defined.between(-1, 1).all()
     written = json.loads((Path(params.data_dir) / "score_summary.json").read_text())
-    assert set(written["methods"]["lime"]) >= {"mean", "by_correctness", "spread", "undefined", "by_dataset"}
+    assert set(written["methods"]["lime"]) >= {"mean", "by_correctness", "spread", "undefined", "by_dataset",
+                                                "null_floor", "diagnosticity", "warnings", "masks"}
+    floor = written["methods"]["lime"]["null_floor"]["all"]["spearman"]
+    assert floor["observed_minus_floor"]["decisions"] == 6
+    auroc = written["methods"]["lime"]["diagnosticity"]["all"]["spearman"]["auroc"]
+    assert auroc["decisions"] == 6 and 0 <= auroc["mean"] <= 1
+    assert written["methods"]["lime"]["warnings"]  # 10 samples for ~50 features is below the stable level
 
 
 def test_attribute_resumes_after_a_crash_with_every_record_once(params):
@@ -59,6 +76,12 @@ def test_attribute_resumes_after_a_crash_with_every_record_once(params):
     assert summary["new"] == 7 and len(rows) == 12
     assert len({r["id"] for r in rows}) == 12
     assert rows[:5] == first  # nothing already computed was lost or redone
+    uninterrupted = params.model_copy(update={"data_dir": str(Path(params.data_dir).parent / "again")})
+    Path(uninterrupted.data_dir).mkdir()
+    for name in ("tasks.jsonl", "generations.jsonl"):
+        (Path(uninterrupted.data_dir) / name).write_bytes((Path(params.data_dir) / name).read_bytes())
+    attribute.run(uninterrupted)
+    assert (Path(uninterrupted.data_dir) / "attributions.jsonl").read_bytes() == out.read_bytes()
 
 
 def test_generate_skips_tasks_already_written(params):
