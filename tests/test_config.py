@@ -13,7 +13,7 @@ def write(tmp_path, text):
 def test_repo_params_file_is_valid():
     params = load_params(REPO / "params.yaml")
     assert params.model.id == "embedded:smollm2-135m-instruct"
-    assert params.attribute.methods == ("feature_ablation",)
+    assert params.attribute.methods == ("input_x_gradient",)
     assert params.attribute.masks == "independent" and params.generate.counterfactual
 
 
