@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import SAMPLING_METHODS, Params
-from pipelines.controls import OWN, control_summary
+from pipelines.controls import COUNTERFACTUAL, OWN, control_summary
 from pipelines.metrics import align_by_string, metric_functions
 from pipelines.records import read_stage_input, write_json
 
@@ -123,7 +123,6 @@ def summarize(table, metrics: tuple[str, ...], samples: int = 2000, seed: int = 
     for method, everything in table.groupby("method"):
         rows = everything[everything["kind"] == OWN]
         graded = rows[rows["correct"].notna()]
-        kinds = everything.drop_duplicates("generation_id")
         summary[method] = {
             "explanations": len(rows), "decisions": int(rows["generation_id"].nunique()),
             "masks": sorted(everything["masks"].unique().tolist()),
@@ -131,9 +130,8 @@ def summarize(table, metrics: tuple[str, ...], samples: int = 2000, seed: int = 
             "mean": {m: _rounded(rows[m].mean()) for m in metrics},
             "undefined": {m: int(rows[m].isna().sum()) for m in metrics},
             "empty_explanations": int((rows["explanation"].str.strip() == "").sum()),
-            "decisions_without_counterfactual": int(
-                kinds["generation_id"].nunique() - everything.loc[everything["kind"] == "counterfactual",
-                                                                  "generation_id"].nunique()),
+            "decisions_without_counterfactual": int(everything["generation_id"].nunique() - everything.loc[
+                everything["kind"] == COUNTERFACTUAL, "generation_id"].nunique()),
             "by_correctness": {label: {m: _rounded(part[m].mean()) for m in metrics} | {"explanations": len(part)}
                                for label, part in (("correct", graded[graded["correct"].astype(bool)]),
                                                    ("incorrect", graded[~graded["correct"].astype(bool)]))},
