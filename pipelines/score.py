@@ -74,8 +74,8 @@ def score_attribution(attribution: dict[str, Any], generation: dict[str, Any], m
             **{name: functions[name](d, e) for name in metrics},
             "masks": attribution.get("masks", "none"), "decision_seed": seeds.get("decision"),
             "explanation_seed": seeds.get("explanations"),
-            "n_samples": attribution["settings"].get("n_samples") if attribution["method"] in SAMPLING_METHODS
-            else None,
+            "n_samples": (attribution.get("settings") or {}).get("n_samples")
+            if attribution["method"] in SAMPLING_METHODS else None,
             "decision_vector": d.tolist(), "explanation_vector": e.tolist(),
             "feature_tokens": tokens, "model": generation["model"]["id"],
         })
@@ -158,6 +158,8 @@ def run(params: Params) -> dict[str, Any]:
                            f"is not in {generations_path}")
         rows.extend(score_attribution(attribution, generation, params.score.metrics, params.score.top_k))
     table = pd.DataFrame(rows)
+    if len(table):  # nullable integers: 63-bit seeds would lose their low bits in a float column
+        table = table.astype({"decision_seed": "Int64", "explanation_seed": "Int64", "n_samples": "Int64"})
     out = data / "bank.parquet"
     partial = out.with_name(out.name + ".partial")
     table.to_parquet(partial, index=False)
