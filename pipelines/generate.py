@@ -146,6 +146,12 @@ def generate(model, tokenizer, tasks: list[Task], params: GenerateParams, seed: 
     return records
 
 
+def _counterfactual_counts(made: list[dict[str, Any] | None]) -> dict[str, int]:
+    formed = [c for c in made if c and c["label"]]
+    return {"formed": len(formed), "not_formed": sum(bool(c) and not c["label"] for c in made),
+            "empty": sum(not c["explanation"] for c in formed)}
+
+
 def _template_digest(tokenizer) -> str:
     import hashlib
 
@@ -181,12 +187,7 @@ def run(params: Params) -> dict[str, Any]:
         "accuracy": sum(r["correct"] for r in graded) / len(graded) if graded else None,
         "unparseable": sum(r["parse_status"] == "unparseable" for r in rows),
         "empty_explanations": sum(not e for r in rows for e in r["explanations"]),
-        "counterfactuals": {
-            "formed": sum(bool((r.get("counterfactual") or {}).get("label")) for r in rows),
-            "not_formed": sum(r.get("counterfactual") is not None and not r["counterfactual"].get("label")
-                              for r in rows),
-            "empty": sum(bool((r.get("counterfactual") or {}).get("label")) and not r["counterfactual"]["explanation"]
-                         for r in rows)},
+        "counterfactuals": _counterfactual_counts([r.get("counterfactual") for r in rows]),
     }
     write_json(data / "generations_summary.json", summary)
     return summary

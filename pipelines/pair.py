@@ -46,7 +46,7 @@ def make_pairs(bank_rows: list[dict[str, Any]], generations: dict[str, dict[str,
     """Pairs from the bank rows of one attribution method; the Counter says why decisions gave none."""
     by_decision: dict[str, list[dict[str, Any]]] = {}
     for row in bank_rows:
-        if row["method"] == method and row.get("kind", OWN) == OWN:  # controls are never paired
+        if row["method"] == method and row["kind"] == OWN:  # controls are never paired
             by_decision.setdefault(row["generation_id"], []).append(row)
     pairs, dropped = [], Counter()
     for generation_id, rows in by_decision.items():

@@ -31,9 +31,18 @@ def generation(task_id, split):
                      "source": {}}}
 
 
-def bank_rows(task_id, scores, method="lime"):
-    return [{"generation_id": task_id, "method": method, "explanation_index": i, "spearman": s,
-             "explanation": f"because {task_id} {i}"} for i, s in enumerate(scores)]
+def bank_rows(task_id, scores, method="lime", kind="own"):
+    return [{"generation_id": task_id, "method": method, "kind": kind, "explanation_index": i, "spearman": s,
+             "explanation": f"because {task_id} {i}" + ("" if kind == "own" else f" ({kind})")}
+            for i, s in enumerate(scores)]
+
+
+def test_control_rows_are_never_paired():
+    generations = {"a": generation("a", "train")}
+    rows = bank_rows("a", [0.1, 0.5]) + bank_rows("a", [0.9], kind="counterfactual") + \
+        bank_rows("a", [-0.9], kind="mismatched")
+    pairs, _ = make_pairs(rows, generations, "lime", PairParams())
+    assert [(p["chosen_score"], p["rejected_score"]) for p in pairs] == [(0.5, 0.1)]
 
 
 def test_pairs_follow_their_task_split_and_test_tasks_give_none():
