@@ -201,8 +201,10 @@ def attribute_generation(model, tokenizer, generation: Generation, method: str, 
                   for c, v in zip(controls, vectors[k + 1:])])
 
 
-def run(params: Params, fail_after: int | None = None) -> dict[str, Any]:
-    """Attribute every (generation, method) not yet in the output. `fail_after` exists for crash tests."""
+def run(params: Params, fail_after: int | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """Attribute every (generation, method) not yet in the output. `fail_after` exists for crash tests.
+    `shard=(i, n)` takes every n-th missing record from the i-th, so that n processes can share one slice,
+    each writing its own data_dir (which must hold the whole slice's generations: controls draw from it)."""
     from tqdm import tqdm
 
     from pipelines.models import load_model
@@ -212,11 +214,11 @@ def run(params: Params, fail_after: int | None = None) -> dict[str, Any]:
     generations = [Generation.from_dict(row) for row in read_stage_input(source, "generate")]
     done = existing_ids(out)
     todo = [(g, m) for g in generations for m in params.attribute.methods if f"{g.id}/{m}" not in done]
+    todo = todo[shard[0]::shard[1]]
     started, timings = time.perf_counter(), {m: [] for m in params.attribute.methods}
     if todo:
         model, tokenizer, _ = load_model(params.model)
-        with Appender(out) as sink, tqdm(total=len(generations) * len(params.attribute.methods),
-                                         initial=len(generations) * len(params.attribute.methods) - len(todo),
+        with Appender(out) as sink, tqdm(total=len(done) + len(todo), initial=len(done),
                                          desc="attribute", unit="record") as bar:
             for count, (generation, method) in enumerate(todo):
                 if fail_after is not None and count == fail_after:

@@ -1,6 +1,8 @@
 """The stages end to end on the tiny model: outputs, resume after a crash, and the documented handling
 of empty explanations and undefined metrics."""
 
+import argparse
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 from pipelines import attribute, generate, score, tasks
 from pipelines.config import Params
 from pipelines.records import Generation, read_records
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -84,6 +88,27 @@ def test_attribute_resumes_after_a_crash_with_every_record_once(params):
         (Path(uninterrupted.data_dir) / name).write_bytes((Path(params.data_dir) / name).read_bytes())
     attribute.run(uninterrupted)
     assert (Path(uninterrupted.data_dir) / "attributions.jsonl").read_bytes() == out.read_bytes()
+
+
+def test_sharded_attribute_merges_to_the_file_one_process_writes(params, tmp_path):
+    """experiments/attribute_shard.py spreads a slice over processes; records depend only on their seeds."""
+    spec = importlib.util.spec_from_file_location("attribute_shard", ROOT / "experiments" / "attribute_shard.py")
+    sharding = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sharding)
+    tasks.run(params)
+    generate.run(params)
+    data = Path(params.data_dir)
+    files = []
+    for index in range(2):
+        shard = params.model_copy(update={"data_dir": str(tmp_path / f"shard-{index}")})
+        Path(shard.data_dir).mkdir()
+        (Path(shard.data_dir) / "generations.jsonl").write_bytes((data / "generations.jsonl").read_bytes())
+        assert attribute.run(shard, shard=(index, 2))["new"] == 6  # 6 generations x 2 methods, halved
+        files.append(str(Path(shard.data_dir) / "attributions.jsonl"))
+    attribute.run(params)
+    merged = tmp_path / "merged.jsonl"
+    sharding.merge(argparse.Namespace(into=str(merged), order=str(data / "generations.jsonl"), shards=files))
+    assert merged.read_bytes() == (data / "attributions.jsonl").read_bytes()
 
 
 def test_generate_skips_tasks_already_written(params):
