@@ -38,6 +38,9 @@ from pipelines.records import Appender, Generation, read_records  # noqa: E402
 
 RESULTS = Path("experiments/results/convergence")
 ICC_STABLE = 0.5  # the level STABLE_SAMPLES_PER_FEATURE in pipelines/score.py takes from this study
+# below this many decisions a row is listed but labelled, and never names a stable level: a bootstrap over
+# a handful of decisions gives intervals that mean nothing
+MIN_DECISIONS = 10
 
 
 def chosen_generations(params, decisions: int) -> list[Generation]:
@@ -52,14 +55,14 @@ def chosen_generations(params, decisions: int) -> list[Generation]:
 
 
 def work_items(generations, samples, large_decisions, methods):
-    """(generation, method, n, masks, seed offset), the small n first so that a cut-short run has them all."""
+    """(generation, method, n, masks, seed offset), the small n first so that a cut-short run has them all,
+    and within an n the two independent seeds of every decision before the shared-mask runs."""
     items = []
     for n in samples:
         subset = generations if n != max(samples) else generations[:large_decisions]
-        for generation in subset:
-            for method in methods:
-                items += [(generation, method, n, "independent", 0), (generation, method, n, "independent", 1),
-                          (generation, method, n, "shared", 0)]
+        for masks, offsets in (("independent", (0, 1)), ("shared", (0,))):
+            items += [(generation, method, n, masks, offset) for generation in subset for method in methods
+                      for offset in offsets]
     return items
 
 
@@ -159,7 +162,7 @@ def analyze(out: Path, samples_ci: int = 2000, seed: int = 0) -> dict:
             results["methods"][method][str(n)] = summarize_figures(figures, features, n, samples_ci, seed)
     results["stable_samples_per_feature"] = {
         method: next((by_n[n]["samples_per_feature"] for n in sorted(by_n, key=int)
-                      if (by_n[n]["score_icc"]["value"] or -1) >= ICC_STABLE), None)
+                      if by_n[n]["supports_claim"] and (by_n[n]["score_icc"]["value"] or -1) >= ICC_STABLE), None)
         for method, by_n in results["methods"].items()}
     return results
 
@@ -178,7 +181,8 @@ def summarize_figures(figures: list[dict], features: list[int], n: int, samples_
                 "ci95": bootstrap_ci(values, samples_ci, seed), "decisions": int((~np.isnan(values)).sum())}
 
     bias = np.array([f["shared_mean"] - f["independent_mean"] for f in figures if "shared_mean" in f], float)
-    return {"decisions": len(figures), "median_features": int(np.median(features)),
+    return {"decisions": len(figures), "supports_claim": len(figures) >= MIN_DECISIONS,
+            "median_features": int(np.median(features)),
             "samples_per_feature": round(n / float(np.median(features)), 2),
             "vector_agreement": estimate("vector_agreement"),
             "score_icc": {"value": round(icc, 4), "ci95": [round(float(np.percentile(boot, 2.5)), 4),
@@ -204,7 +208,8 @@ def markdown(results: dict) -> str:
         for n, r in sorted(by_n.items(), key=lambda kv: int(kv[0])):
             icc = r["score_icc"]
             icc_text = f"{icc['value']:+.3f}" + (f" [{icc['ci95'][0]:+.3f}, {icc['ci95'][1]:+.3f}]" if icc["ci95"] else "")
-            lines.append(f"| {method} | {n} | {r['decisions']} | {r['samples_per_feature']} | "
+            decisions = f"{r['decisions']}" + ("" if r["supports_claim"] else " (too few for a claim)")
+            lines.append(f"| {method} | {n} | {decisions} | {r['samples_per_feature']} | "
                          f"{ci(r['vector_agreement'])} | {icc_text} | {ci(r['same_chosen'])} | {ci(r['same_rejected'])} "
                          f"| {r['chance']:.2f} | {ci(r['shared_minus_independent'])} |")
     return "\n".join(lines) + "\n"
