@@ -79,5 +79,7 @@ def promotion_gate(params: Params, folder: Path) -> dg.AssetCheckResult:
         asset_key="eval_report", check_name="promotion_gate", passed=decision.passed,
         severity=dg.AssetCheckSeverity.ERROR, description="; ".join(decision.reasons) or "promotion earned",
         metadata={"candidate": params.promote.candidate, "alignment_gain": decision.alignment_gain,
-                  "accuracy_change": decision.accuracy_change, "min_alignment_gain": params.promote.min_alignment_gain,
+                  "alignment_gain_ci95_low": decision.alignment_gain_ci95[0] if decision.alignment_gain_ci95 else None,
+                  "accuracy_change": decision.accuracy_change, "accuracy_lower_bound": decision.accuracy_lower_bound,
+                  "min_alignment_gain": params.promote.min_alignment_gain,
                   "accuracy_tolerance": params.promote.accuracy_tolerance})

@@ -225,6 +225,17 @@ class EvaluateParams(Section):
     tasks_per_dataset: int = Field(50, ge=1, description="Held-out (test split) tasks per dataset.")
     models: tuple[Literal["base", "dpo", "sft"], ...] = Field(("base", "dpo", "sft"), min_length=1)
     bootstrap_samples: int = Field(2000, ge=100, description="Resamples for the 95% confidence intervals.")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance level of every test (Holm over the family).")
+    min_detectable_effect: float = Field(
+        0.05, gt=0, description="The change in per-decision median Spearman a comparison must be able to detect "
+        "at `power`; a smaller comparison is reported as a smoke test that supports no claim.")
+    planning_sd: float = Field(
+        0.09, gt=0, description="SD of the paired per-decision differences assumed for power (the larger of it "
+        "and the observed SD is used).")
+    power: float = Field(0.8, gt=0, lt=1, description="Target power of a comparison.")
+    equivalence_margin: float = Field(
+        0.05, gt=0, description="Correct vs incorrect decisions are called equivalent in median Spearman when "
+        "TOST rejects a difference beyond +- this.")
 
     @field_validator("shift_datasets")
     @classmethod
@@ -235,10 +246,11 @@ class EvaluateParams(Section):
 class PromoteParams(Section):
     candidate: Literal["dpo", "sft"] = Field("dpo", description="The fine-tune that may become the champion.")
     min_alignment_gain: float = Field(
-        0.0, description="Its mean per-decision median Spearman (all evaluated tasks) must beat the base "
-        "model's by more than this.")
+        0.0, description="The lower 95% bound of its paired gain in per-decision median Spearman over the base "
+        "model (all evaluated tasks) must exceed this.")
     accuracy_tolerance: float = Field(
-        0.02, ge=0, le=1, description="Its accuracy may fall at most this much below the base model's.")
+        0.02, ge=0, le=1, description="Non-inferiority margin: the one-sided lower bound of its paired accuracy "
+        "change must be above minus this.")
     registered_model: str = Field("pscb-{model}-{candidate}", description="MLflow registered model name.")
     alias: str = Field("champion", description="Alias set on the promoted version.")
 

@@ -3,9 +3,10 @@
     python -m pipelines promote [--params params.yaml] [--model NAME]
     # data/<model>/report/metrics.json + train_summary.json -> data/<model>/promotion.json, registry alias
 
-The gate (params `promote`): the candidate's mean per-decision median Spearman over all evaluated
-tasks beats the base model's by more than `min_alignment_gain`, and its accuracy is not below the
-base model's by more than `accuracy_tolerance`. Passing registers the candidate's adapter (the
+The gate (params `promote`) is on evidence, never on point estimates: the lower bound of the bootstrap
+95% CI of the candidate's paired gain over the base model in per-decision median Spearman (all
+evaluated tasks) exceeds `min_alignment_gain`, and its accuracy is non-inferior: the one-sided lower
+bound of the paired accuracy change is above `-accuracy_tolerance`. Passing registers the candidate's adapter (the
 artifact of its training run) as a new version of `promote.registered_model` and moves the alias
 (`champion`) to it; failing registers nothing and says why. Either way promotion.json records it.
 """
@@ -26,29 +27,35 @@ from pipelines.tracking import use_experiment
 class Gate:
     passed: bool
     alignment_gain: float | None
+    alignment_gain_ci95: list[float] | None
     accuracy_change: float | None
+    accuracy_lower_bound: float | None
     reasons: list[str]
 
 
 def gate(metrics: dict[str, Any], params: PromoteParams) -> Gate:
-    """The promotion rule on a report's metrics.json."""
-    models = metrics.get("models", {})
-    if "base" not in models or params.candidate not in models:
-        return Gate(False, None, None, [f"the report has no 'base' and '{params.candidate}' models to compare: "
-                                        "add both to evaluate.models"])
-    base, candidate = models["base"]["all"], models[params.candidate]["all"]
-    gain = candidate["spearman_median"] - base["spearman_median"] if None not in (
-        candidate.get("spearman_median"), base.get("spearman_median")) else None
-    change = candidate["accuracy"] - base["accuracy"] if None not in (
-        candidate.get("accuracy"), base.get("accuracy")) else None
+    """The promotion rule on a report's metrics.json (its `comparisons`, pipelines/report.py)."""
+    comparison = metrics.get("comparisons", {}).get(f"{params.candidate}-base", {}).get("all")
+    if comparison is None:
+        return Gate(False, None, None, None, None, [
+            f"the report has no '{params.candidate}-base' comparison: add 'base' and '{params.candidate}' to "
+            "evaluate.models"])
+    alignment, accuracy = comparison["alignment"], comparison["accuracy"]
+    ci = alignment["ci95"]
     reasons = []
-    if gain is None or not gain > params.min_alignment_gain:
-        reasons.append(f"alignment gain {gain} (median Spearman, {params.candidate} - base) is not above "
-                       f"promote.min_alignment_gain {params.min_alignment_gain}")
-    if change is None or change < -params.accuracy_tolerance:
-        reasons.append(f"accuracy change {change} ({params.candidate} - base) is below "
-                       f"-promote.accuracy_tolerance {-params.accuracy_tolerance}")
-    return Gate(not reasons, gain, change, reasons)
+    if ci is None:
+        reasons.append(f"alignment gain has no confidence interval ({alignment['decisions']} paired decisions)")
+    elif not ci[0] > params.min_alignment_gain:
+        reasons.append(f"alignment gain {alignment['mean']:+.4f} (median Spearman, {params.candidate} - base): its "
+                       f"95% CI lower bound {ci[0]:+.4f} is not above promote.min_alignment_gain "
+                       f"{params.min_alignment_gain}")
+    if not accuracy["non_inferior"]:
+        bound = accuracy["lower_bound"]
+        reasons.append(f"accuracy change {accuracy['mean']} ({params.candidate} - base): non-inferiority not shown, "
+                       f"one-sided lower bound {bound} is not above -promote.accuracy_tolerance "
+                       f"{-params.accuracy_tolerance}")
+    return Gate(not reasons, alignment["mean"], list(ci) if ci else None, accuracy["mean"], accuracy["lower_bound"],
+                reasons)
 
 
 def registered_name(params: Params) -> str:
@@ -71,7 +78,8 @@ def register(params: Params, training_run_id: str, decision: Gate) -> dict[str, 
             raise
     source = f"{client.get_run(training_run_id).info.artifact_uri}/adapter"
     version = client.create_model_version(name, source=source, run_id=training_run_id, tags={
-        "alignment_gain": str(decision.alignment_gain), "accuracy_change": str(decision.accuracy_change),
+        "alignment_gain": str(decision.alignment_gain), "alignment_gain_ci95": str(decision.alignment_gain_ci95),
+        "accuracy_change": str(decision.accuracy_change), "accuracy_lower_bound": str(decision.accuracy_lower_bound),
         "base_model": params.model.id})
     client.set_registered_model_alias(name, params.promote.alias, version.version)
     return {"registered_model": name, "version": int(version.version), "alias": params.promote.alias,

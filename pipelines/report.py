@@ -5,10 +5,11 @@
 
 Per dataset (in-domain and shifted side by side) and model (base, DPO, SFT): accuracy with a Wilson
 95% interval; per decision the best, median and worst Spearman and cosine over its explanations,
-averaged, with bootstrap 95% intervals; a paired comparison of each tuned model with the base model on
-the same tasks (Wilcoxon signed-rank on per-decision median Spearman, exact McNemar on correctness);
-metric distributions, correct vs incorrect decisions, and how much each metric separates the
-explanations of one decision.
+averaged, with bootstrap 95% intervals. Comparisons (DPO-base, SFT-base, DPO-SFT) are paired on the
+decisions of the same tasks (pipelines/stats.py): the median-Spearman difference with a bootstrap CI,
+Wilcoxon and Holm-adjusted p over the family, its power at evaluate.min_detectable_effect (a run below
+evaluate.power is labelled a smoke test), accuracy as non-inferiority; correct vs incorrect decisions by
+TOST. Then the trust figures (null floor, diagnosticity) and the plots.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pipelines.controls import OWN, bootstrap_ci, control_summary
 from pipelines.evaluate import evaluation_datasets
 from pipelines.records import write_json
 from pipelines.score import sample_warnings
+from pipelines.stats import decisions_for_power, equivalence, holm, noninferiority, paired_difference, paired_power
 
 METRICS = ("spearman", "cosine")
 
@@ -54,21 +56,25 @@ def per_decision(bank, method: str):
     return table
 
 
-def summarize_model(table, samples: int, seed: int) -> dict[str, Any]:
+def summarize_model(table, samples: int, seed: int, margin: float, alpha: float) -> dict[str, Any]:
     graded = table[table["correct"].notna()]
     correct = int(graded["correct"].astype(bool).sum())
     out: dict[str, Any] = {"decisions": len(table),
                            "accuracy": round(correct / len(graded), 4) if len(graded) else None,
                            "accuracy_ci95": wilson(correct, len(graded))}
+    right, wrong = graded[graded["correct"].astype(bool)], graded[~graded["correct"].astype(bool)]
     for metric in METRICS:
         for which in ("best", "median", "worst"):
             values = table[f"{metric}_{which}"].to_numpy(float)
             out[f"{metric}_{which}"] = None if np.isnan(values).all() else round(float(np.nanmean(values)), 4)
             out[f"{metric}_{which}_ci95"] = bootstrap_ci(values, samples, seed)
         out[f"{metric}_within_decision_std"] = _mean_or_none(table[f"{metric}_spread"])
-        for label, part in (("correct", graded[graded["correct"].astype(bool)]),
-                            ("incorrect", graded[~graded["correct"].astype(bool)])):
+        for label, part in (("correct", right), ("incorrect", wrong)):
             out[f"{metric}_median_{label}"] = _mean_or_none(part[f"{metric}_median"])
+    # the paper's first finding, decision by decision: equivalence needs TOST, not a non-significant test
+    out["correct_vs_incorrect_spearman"] = equivalence(
+        right["spearman_median"].to_numpy(float), wrong["spearman_median"].to_numpy(float), margin, samples, seed,
+        alpha)
     return out
 
 
@@ -77,39 +83,64 @@ def _mean_or_none(series) -> float | None:
     return None if value is None or np.isnan(value) else round(float(value), 4)
 
 
-def paired(base, tuned) -> dict[str, Any]:
-    """Tuned vs base on the decisions of the same tasks."""
-    from scipy.stats import binomtest, wilcoxon
+def comparison_pairs(names) -> list[tuple[str, str]]:
+    """(tuned, reference): each fine-tune against the base model, and DPO against SFT."""
+    wanted = [("dpo", "base"), ("sft", "base"), ("dpo", "sft")]
+    return [(a, b) for a, b in wanted if a in names and b in names]
 
-    joined = base.set_index("task_id").join(tuned.set_index("task_id"), lsuffix="_base", rsuffix="_tuned",
-                                            how="inner")
-    difference = (joined["spearman_median_tuned"] - joined["spearman_median_base"]).dropna().to_numpy()
-    result: dict[str, Any] = {"tasks": len(joined), "spearman_median_difference":
-                              round(float(difference.mean()), 4) if len(difference) else None}
-    if len(difference) >= 2 and np.any(difference != 0):
-        result["wilcoxon_p"] = round(float(wilcoxon(difference).pvalue), 4)
-    both = joined[joined["correct_base"].notna() & joined["correct_tuned"].notna()]
-    gained = int((~both["correct_base"].astype(bool) & both["correct_tuned"].astype(bool)).sum())
-    lost = int((both["correct_base"].astype(bool) & ~both["correct_tuned"].astype(bool)).sum())
-    result.update(accuracy_gained=gained, accuracy_lost=lost,
-                  mcnemar_p=round(float(binomtest(gained, gained + lost).pvalue), 4) if gained + lost else None)
-    return result
+
+def compare(reference, tuned, params: Params) -> dict[str, Any]:
+    """Tuned vs reference on the decisions of the same tasks (the unit: one decision per task)."""
+    from scipy.stats import binomtest
+
+    settings = params.evaluate
+    joined = reference.set_index("task_id").join(tuned.set_index("task_id"), lsuffix="_ref", rsuffix="_tuned",
+                                                 how="inner")
+    alignment = paired_difference((joined["spearman_median_tuned"] - joined["spearman_median_ref"]).to_numpy(float),
+                                  settings.bootstrap_samples, params.seed)
+    sd = max(alignment["sd"] or 0.0, settings.planning_sd)
+    alignment["power"] = {
+        "effect": settings.min_detectable_effect, "sd": round(sd, 4), "alpha": settings.alpha,
+        "value": round(paired_power(alignment["decisions"], settings.min_detectable_effect, sd, settings.alpha), 4),
+        "decisions_needed": decisions_for_power(settings.min_detectable_effect, sd, settings.power, settings.alpha)}
+    alignment["smoke_test"] = alignment["power"]["value"] < settings.power
+    both = joined[joined["correct_ref"].notna() & joined["correct_tuned"].notna()]
+    before, after = both["correct_ref"].astype(bool), both["correct_tuned"].astype(bool)
+    accuracy = noninferiority((after.astype(float) - before.astype(float)).to_numpy(), params.promote.accuracy_tolerance,
+                              settings.alpha)
+    gained, lost = int((~before & after).sum()), int((before & ~after).sum())
+    accuracy.update(gained=gained, lost=lost,
+                    mcnemar_p=float(binomtest(gained, gained + lost).pvalue) if gained + lost else None)
+    return {"tasks": len(joined), "alignment": alignment, "accuracy": accuracy}
 
 
 def build_metrics(params: Params, tables: dict[str, Any]) -> dict[str, Any]:
     domains = evaluation_datasets(params)
-    samples, seed = params.evaluate.bootstrap_samples, params.seed
-    metrics: dict[str, Any] = {"method": params.pair.method or params.attribute.methods[0], "domains": domains,
-                               "models": {}, "paired_vs_base": {}}
+    settings = params.evaluate
+    samples, seed = settings.bootstrap_samples, params.seed
+    margin = settings.equivalence_margin
+    metrics: dict[str, Any] = {
+        "method": params.pair.method or params.attribute.methods[0], "domains": domains, "models": {},
+        "comparisons": {},
+        "power": {"effect": settings.min_detectable_effect, "planning_sd": settings.planning_sd,
+                  "target": settings.power, "alpha": settings.alpha,
+                  "how": "two-sided paired t-test (noncentral t) on the per-decision median Spearman difference, "
+                         "SD = max(planning_sd, observed SD of the paired differences)"}}
     for name, table in tables.items():
-        metrics["models"][name] = {"all": summarize_model(table, samples, seed)} | {
-            dataset: summarize_model(table[table["dataset"] == dataset], samples, seed)
+        metrics["models"][name] = {"all": summarize_model(table, samples, seed, margin, settings.alpha)} | {
+            dataset: summarize_model(table[table["dataset"] == dataset], samples, seed, margin, settings.alpha)
             for dataset in domains if (table["dataset"] == dataset).any()}
-    for name, table in tables.items():
-        if name != "base" and "base" in tables:
-            metrics["paired_vs_base"][name] = {"all": paired(tables["base"], table)} | {
-                dataset: paired(tables["base"][tables["base"]["dataset"] == dataset], table[table["dataset"] == dataset])
-                for dataset in domains}
+    for tuned, reference in comparison_pairs(tables):
+        a, b = tables[reference], tables[tuned]
+        metrics["comparisons"][f"{tuned}-{reference}"] = {"all": compare(a, b, params)} | {
+            dataset: compare(a[a["dataset"] == dataset], b[b["dataset"] == dataset], params) for dataset in domains}
+    # one family: every alignment test the report runs
+    family = {(c, d): scope["alignment"]["wilcoxon_p"] for c, by in metrics["comparisons"].items()
+              for d, scope in by.items()}
+    for (c, d), p in holm(family).items():
+        metrics["comparisons"][c][d]["alignment"]["holm_p"] = p
+    main = metrics["comparisons"].get(f"{params.promote.candidate}-base", {}).get("all")
+    metrics["smoke_test"] = main is None or main["alignment"]["smoke_test"]
     return metrics
 
 
@@ -177,10 +208,18 @@ def render(metrics: dict[str, Any], plots: list[tuple[str, str]]) -> str:
             if stats:
                 rows.append(f"<tr><td>{html.escape(dataset)}</td><td>{domain}</td><td>{name}</td>"
                             f"<td>{stats['decisions']}</td>" + "".join(f"<td>{cell(stats, k)}</td>" for k in keys) + "</tr>")
-    paired_rows = [f"<tr><td>{name}</td><td>{html.escape(d)}</td><td>{r['tasks']}</td>"
-                   f"<td>{r['spearman_median_difference']}</td><td>{r.get('wilcoxon_p', '–')}</td>"
-                   f"<td>+{r['accuracy_gained']} / -{r['accuracy_lost']}</td><td>{r['mcnemar_p'] or '–'}</td></tr>"
-                   for name, per in metrics["paired_vs_base"].items() for d, r in per.items()]
+    comparison_rows = comparison_table(metrics)
+    equivalence_rows = [
+        f"<tr><td>{name}</td><td>{html.escape(d)}</td><td>{e['n_a']} / {e['n_b']}</td><td>{_signed(e['difference'])}"
+        f"{_interval(e['ci95'])}</td><td>±{e['margin']}</td><td>{_p(e['tost_p'])}</td>"
+        f"<td>{'yes' if e['equivalent'] else 'not shown'}</td></tr>"
+        for name, per in metrics["models"].items() for d, stats in per.items()
+        for e in [stats["correct_vs_incorrect_spearman"]]]
+    smoke = metrics.get("smoke_test", True)
+    power = metrics["power"]
+    banner = (f"<p style='background:#fee;padding:6px'><b>Smoke test: supports no claim.</b> The main comparison "
+              f"cannot detect a change of {power['effect']} in per-decision median Spearman with "
+              f"{power['target']:.0%} power ({html.escape(power['how'])}).</p>" if smoke else "")
     trust = trust_section(metrics.get("trust", {}))
     images = "".join(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(t)}</figcaption></figure>"
                      for t, b64 in plots)
@@ -192,11 +231,50 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}figure{{display:i
 <p>Attribution method: {html.escape(metrics['method'])}. Per decision: best / median / worst over its explanations,
 then averaged over decisions; [95% CI] (Wilson for accuracy, bootstrap for means).</p>
 <table><tr>{header}</tr>{''.join(rows)}</table>
-<h2>Paired against the base model (same tasks)</h2>
-<table><tr><th>model</th><th>dataset</th><th>tasks</th><th>median Spearman difference</th><th>Wilcoxon p</th>
-<th>correct gained / lost</th><th>McNemar p</th></tr>{''.join(paired_rows)}</table>
+<h2>Paired comparisons (same tasks; the unit is the decision)</h2>{banner}
+<p>Alignment: mean paired difference of per-decision median Spearman [bootstrap 95% CI], Wilcoxon p, and Holm's
+adjusted p over every alignment test in this table; power to detect {power['effect']} at alpha {power['alpha']}.
+Accuracy: non-inferiority, the one-sided {1 - power['alpha']:.0%} lower bound of the paired change against minus
+the margin (promote.accuracy_tolerance); McNemar on the discordant decisions.</p>
+<table><tr><th>comparison</th><th>dataset</th><th>decisions</th><th>median Spearman difference</th><th>Wilcoxon p</th>
+<th>Holm p</th><th>power</th><th>decisions for power</th><th>accuracy change</th><th>lower bound</th>
+<th>non-inferior</th><th>gained / lost</th><th>McNemar p</th></tr>{''.join(comparison_rows)}</table>
+<h2>Correct vs incorrect decisions</h2>
+<p>Per-decision median Spearman, mean over correct minus mean over incorrect decisions [bootstrap 95% CI];
+equivalence by TOST (two one-sided Welch t-tests) against the margin evaluate.equivalence_margin. A
+non-significant difference is not equivalence.</p>
+<table><tr><th>model</th><th>dataset</th><th>correct / incorrect</th><th>difference</th><th>margin</th>
+<th>TOST p</th><th>equivalent</th></tr>{''.join(equivalence_rows)}</table>
 {trust}
 <h2>Figures</h2>{images}</body></html>"""
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.3f}"
+
+
+def _interval(ci) -> str:
+    return f" <small>[{ci[0]:+.3f}, {ci[1]:+.3f}]</small>" if ci else ""
+
+
+def _p(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def comparison_table(metrics: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, per in metrics["comparisons"].items():
+        for dataset, r in per.items():
+            a, acc = r["alignment"], r["accuracy"]
+            label = " <small>(smoke test)</small>" if a["smoke_test"] else ""
+            rows.append(
+                f"<tr><td>{name}</td><td>{html.escape(dataset)}</td><td>{a['decisions']}{label}</td>"
+                f"<td>{_signed(a['mean'])}{_interval(a['ci95'])}</td><td>{_p(a['wilcoxon_p'])}</td>"
+                f"<td>{_p(a.get('holm_p'))}</td><td>{a['power']['value']:.2f}</td><td>{a['power']['decisions_needed']}</td>"
+                f"<td>{_signed(acc['mean'])}</td><td>{_signed(acc['lower_bound'])}</td>"
+                f"<td>{'yes' if acc['non_inferior'] else 'not shown'}</td><td>+{acc['gained']} / -{acc['lost']}</td>"
+                f"<td>{_p(acc['mcnemar_p'])}</td></tr>")
+    return rows
 
 
 def trust_section(trust: dict[str, Any]) -> str:

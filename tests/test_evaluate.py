@@ -48,10 +48,11 @@ def test_pair_train_evaluate_report(params):
             assert value is None or -1 <= value <= 1
         assert stats["all"]["spearman_best"] >= stats["all"]["spearman_worst"]
         assert stats["all"]["accuracy_ci95"][0] <= stats["all"]["accuracy"] <= stats["all"]["accuracy_ci95"][1]
-    assert set(metrics["paired_vs_base"]) == {"dpo", "sft"}
-    assert metrics["paired_vs_base"]["dpo"]["all"]["tasks"] == 4
+    assert set(metrics["comparisons"]) == {"dpo-base", "sft-base", "dpo-sft"}
+    assert metrics["comparisons"]["dpo-base"]["all"]["tasks"] == 4
+    assert metrics["smoke_test"]  # 4 decisions cannot detect 0.05 at 80% power
     page = Path(files["report"]).read_text()
-    assert page.count("data:image/png;base64,") == 4 and "Paired against the base model" in page
+    assert page.count("data:image/png;base64,") == 4 and "Smoke test: supports no claim" in page
     assert "<script" not in page and "http" not in page.replace("<!doctype html>", "")  # self-contained
     table = pd.read_csv(Path(params.data_dir) / "report" / "alignment.csv")
     assert set(table["model"]) == {"base", "dpo", "sft"} and len(table) == 3 * 3
@@ -59,15 +60,15 @@ def test_pair_train_evaluate_report(params):
 
 
 def check_promotion(params, metrics):
-    """The gate on the report's figures decides; only a passing candidate reaches the registry."""
-    gain = metrics["models"]["dpo"]["all"]["spearman_median"] - metrics["models"]["base"]["all"]["spearman_median"]
-    refused = promote.run(params.model_copy(update={"promote": PromoteParams(min_alignment_gain=gain + 0.1)}))
+    """The gate on the report's intervals decides; only a passing candidate reaches the registry."""
+    low = metrics["comparisons"]["dpo-base"]["all"]["alignment"]["ci95"][0]
+    refused = promote.run(params.model_copy(update={"promote": PromoteParams(min_alignment_gain=low + 0.1)}))
     assert not refused["promoted"] and "alignment gain" in refused["reasons"][0]
-    assert refused["alignment_gain"] == pytest.approx(gain)
+    assert refused["alignment_gain_ci95"][0] == pytest.approx(low)
     client = mlflow.MlflowClient(params.mlflow.tracking_uri)
     assert not client.search_registered_models()
 
-    lenient = PromoteParams(min_alignment_gain=gain - 0.1, accuracy_tolerance=1.0)
+    lenient = PromoteParams(min_alignment_gain=low - 0.1, accuracy_tolerance=1.0)
     promoted = promote.run(params.model_copy(update={"promote": lenient}))
     assert promoted["promoted"] and promoted["version"] == 1 and promoted["alias"] == "champion"
     champion = client.get_model_version_by_alias(promoted["registered_model"], "champion")
