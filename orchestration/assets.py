@@ -117,6 +117,10 @@ def training_figures(mlflow: MlflowTracking, params: Params, folder: Path, summa
     out: dict[str, Any] = {"train_pairs": summary["pairs"]["train"], "eval_pairs": summary["pairs"]["eval"]}
     for algorithm in params.train.algorithms:
         last = summary[algorithm]["last_log"]
+        moved = summary[algorithm].get("movement", {})
+        out |= {f"{algorithm}_heldout_reward_accuracy": moved.get("reward_accuracy"),
+                f"{algorithm}_heldout_reward_accuracy_p": moved.get("reward_accuracy_p"),
+                f"{algorithm}_heldout_kl_per_token": moved.get("kl_per_token")}
         out |= {f"{algorithm}_steps": summary[algorithm]["steps"], f"{algorithm}_loss": last.get("loss"),
                 f"{algorithm}_mlflow_run": dg.MetadataValue.url(
                     mlflow.run_url(params.mlflow.tracking_uri, summary[algorithm]["mlflow_run_id"]))}

@@ -184,6 +184,10 @@ class PairParams(Section):
         "attribute.methods).")
     metric: str = Field("spearman", description="The score: chosen = highest, rejected = lowest.")
     min_margin: float = Field(0.0, ge=0, description="Drop pairs whose chosen - rejected score is below this.")
+    preference: Literal["alignment", "shorter"] = Field(
+        "alignment", description="alignment: chosen = the most aligned explanation (the method). shorter: chosen = "
+        "the shortest, rejected = the longest (score = minus its length in characters), a positive control any "
+        "working training loop must learn.")
     keep_ties: bool = Field(
         False, description="Keep pairs with equal scores or identical texts (the released code keeps them).")
 

@@ -5,7 +5,9 @@
 
 Every model answers, explains, is attributed and is scored by the very stage functions that built the
 bank, on the same tasks: the test split (never paired, never trained on) of the training datasets and
-of the shifted datasets. Each model's evaluation is an MLflow run in `mlflow.evaluation_experiment`.
+of the shifted datasets. Each model's evaluation is an MLflow run in `mlflow.evaluation_experiment`; a
+tuned model's also says which share of its decisions and explanations differ, token for token, from
+the base model's on the same tasks (`changed_*`): a fine-tune that changed nothing proves nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 from pipelines import attribute, generate, score
 from pipelines.config import Params
 from pipelines.controls import OWN
-from pipelines.records import Task, write_json, write_records
+from pipelines.movement import changed_outputs
+from pipelines.records import Task, read_records, write_json, write_records
 from pipelines.tasks import build_tasks, load_rows
 from pipelines.tracking import use_experiment
 
@@ -81,6 +84,11 @@ def run(params: Params) -> dict[str, Any]:
         bank = bank[bank["kind"] == OWN]
         metrics = {"accuracy": generated["accuracy"], "decisions": generated["generations"],
                    **{f"mean_{m}": float(bank[m].mean()) for m in ("spearman", "cosine") if m in bank}}
+        base_generations = Path(params.data_dir) / "evaluation" / "base" / "generations.jsonl"
+        if name != "base" and base_generations.exists():
+            changed = changed_outputs(list(read_records(base_generations)),
+                                      list(read_records(folder / "generations.jsonl")))
+            metrics.update({f"changed_{k}": v for k, v in changed.items() if k.endswith("_changed")})
         metrics["mlflow_run_id"] = log_evaluation(params, name, own, metrics)
         summary["models"][name] = {"bank": str(folder / "bank.parquet"), **metrics}
     write_json(Path(params.data_dir) / "evaluation" / "evaluate_summary.json", summary)

@@ -4,7 +4,7 @@
     # data/<model>/bank/*/{bank.parquet,generations.jsonl} -> data/<model>/pairs/{train,eval}.jsonl
 
 Per decision, among its explanations with a defined score: chosen = the highest score, rejected = the
-lowest. The prompt is the three-turn conversation with the model's own decision; chosen and rejected
+lowest (`pair.preference: shorter` ranks by length instead: the positive control of the training loop). The prompt is the three-turn conversation with the model's own decision; chosen and rejected
 are assistant turns (TRL's conversational preference format). Pairs follow their task's split, so no
 eval or test task ever reaches training; test tasks give no pairs at all (they are held out).
 """
@@ -56,7 +56,10 @@ def make_pairs(bank_rows: list[dict[str, Any]], generations: dict[str, dict[str,
             dropped["held-out test task"] += 1
             continue
         rows = sorted(rows, key=lambda r: r["explanation_index"])
-        picked = choose([(r["explanation_index"], r[params.metric], r["explanation"]) for r in rows], params)
+        def score(row):
+            return -float(len(row["explanation"])) if params.preference == "shorter" else row[params.metric]
+
+        picked = choose([(r["explanation_index"], score(r), r["explanation"]) for r in rows], params)
         if isinstance(picked, str):
             dropped[picked] += 1
             continue
@@ -67,9 +70,9 @@ def make_pairs(bank_rows: list[dict[str, Any]], generations: dict[str, dict[str,
             "chosen": [{"role": "assistant", "content": chosen["explanation"]}],
             "rejected": [{"role": "assistant", "content": rejected["explanation"]}],
             "chosen_index": chosen["explanation_index"], "rejected_index": rejected["explanation_index"],
-            "chosen_score": chosen[params.metric], "rejected_score": rejected[params.metric],
-            "margin": chosen[params.metric] - rejected[params.metric], "method": method,
-            "metric": params.metric, "correct": generation["correct"], "model": generation["model"],
+            "chosen_score": score(chosen), "rejected_score": score(rejected),
+            "margin": score(chosen) - score(rejected), "method": method, "metric": params.metric,
+            "preference": params.preference, "correct": generation["correct"], "model": generation["model"],
         })
     return pairs, dropped
 

@@ -231,6 +231,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}figure{{display:i
 <p>Attribution method: {html.escape(metrics['method'])}. Per decision: best / median / worst over its explanations,
 then averaged over decisions; [95% CI] (Wilson for accuracy, bootstrap for means).</p>
 <table><tr>{header}</tr>{''.join(rows)}</table>
+{movement_section(metrics.get("movement", {}))}
 <h2>Paired comparisons (same tasks; the unit is the decision)</h2>{banner}
 <p>Alignment: mean paired difference of per-decision median Spearman [bootstrap 95% CI], Wilcoxon p, and Holm's
 adjusted p over every alignment test in this table; power to detect {power['effect']} at alpha {power['alpha']}.
@@ -323,11 +324,56 @@ def run(params: Params) -> dict[str, Any]:
         rows = bank[bank["method"] == method]
         trust[name] = {"warnings": sample_warnings(rows[rows["kind"] == OWN], method),
                        **control_summary(rows, params.score.metrics, params.evaluate.bootstrap_samples, params.seed)}
-    metrics = build_metrics(params, tables) | {"trust": trust}
+    metrics = build_metrics(params, tables) | {"trust": trust, "movement": movement(params)}
     write_json(folder / "metrics.json", metrics)
     write_plot_table(folder / "alignment.csv", metrics)
     (folder / "report.html").write_text(render(metrics, figures(tables, metrics)))
     return {"report": str(folder / "report.html"), "metrics": str(folder / "metrics.json")}
+
+
+def movement(params: Params) -> dict[str, Any]:
+    """Per fine-tune: did the policy move? Held-out reward accuracy (binomial test), margin, log-probability
+    shifts and KL from training; the share of outputs that changed at evaluation. `moved` needs both a
+    reward accuracy above chance at evaluate.alpha and at least one changed explanation."""
+    import json
+
+    data = Path(params.data_dir)
+    trained = json.loads((data / "train_summary.json").read_text()) if (data / "train_summary.json").exists() else {}
+    evaluated = data / "evaluation" / "evaluate_summary.json"
+    models = json.loads(evaluated.read_text())["models"] if evaluated.exists() else {}
+    out = {}
+    for name in params.evaluate.models:
+        if name == "base":
+            continue
+        held_out = trained.get(name, {}).get("movement", {})
+        changed = {k: v for k, v in models.get(name, {}).items() if k.startswith("changed_")}
+        p = held_out.get("reward_accuracy_p")
+        out[name] = {**held_out, **changed, "moved": p is not None and p < params.evaluate.alpha
+                     and (changed.get("changed_explanations_changed") or 0) > 0}
+    return out
+
+
+def movement_section(moves: dict[str, Any]) -> str:
+    if not moves:
+        return ""
+
+    def value(v) -> str:
+        return "–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    keys = ["pairs", "reward_accuracy", "reward_accuracy_p", "reward_margin", "logp_shift_chosen",
+            "logp_shift_rejected", "kl_per_token", "changed_decisions_changed", "changed_explanations_changed"]
+    rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{value(m.get(k))}</td>" for k in keys)
+                   + f"<td>{'yes' if m['moved'] else '<b>no</b>'}</td></tr>" for name, m in moves.items())
+    header = "".join(f"<th>{k.replace('changed_', '').replace('_', ' ')}</th>" for k in keys)
+    stale = [name for name, m in moves.items() if not m["moved"]]
+    warning = (f"<p style='background:#fee;padding:6px'><b>{', '.join(stale)}: the policy did not measurably move</b> "
+               "(held-out reward accuracy not above chance, or no explanation changed): its comparisons say "
+               "nothing about what training does.</p>" if stale else "")
+    return f"""<h2>Did the fine-tune move the policy?</h2>{warning}
+<p>On the held-out eval pairs, adapter on vs off: DPO's implicit reward accuracy (one-sided binomial p against 0.5),
+mean reward margin, mean log-probability shift of chosen and rejected, per-token KL to the reference on the chosen
+completions; at evaluation, the share of decisions and explanations that differ from the base model's.</p>
+<table><tr><th>model</th>{header}<th>moved</th></tr>{rows}</table>"""
 
 
 def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:

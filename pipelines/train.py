@@ -5,8 +5,10 @@
 
 DPO: TRL's DPOTrainer with a PEFT LoRA adapter; the reference model is the base with the adapter
 disabled. SFT: TRL's SFTTrainer on the chosen explanation, loss on the completion only. Each run logs
-its params, TRL's training curves, the preference data's identity and the adapter (not the base
-weights) to the MLflow store of `mlflow.tracking_uri`. A run killed midway resumes from its last
+its params, TRL's training curves, the preference data's identity, the held-out movement of the policy
+(pipelines/movement.py: reward accuracy with a binomial test, margin, log-probability shifts, KL to the
+reference; `heldout/*` metrics) and the adapter (not the base weights) to the MLflow store of
+`mlflow.tracking_uri`. A run killed midway resumes from its last
 checkpoint.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import Params, TrainParams
+from pipelines.movement import policy_movement
 from pipelines.records import read_stage_input, write_json
 from pipelines.tracking import use_experiment
 
@@ -104,13 +107,18 @@ def run(params: Params) -> dict[str, Any]:
                                "pscb.pair_method": train_pairs[0]["method"], "pscb.seed": params.seed})
             trainer = train(algorithm, model, tokenizer, train_pairs, eval_pairs, params.train, output_dir,
                             params.seed)
+            # before any evaluation claim: did the policy move, on pairs it never trained on?
+            movement = policy_movement(trainer.model, tokenizer, eval_pairs, params.train.beta,
+                                       params.train.max_length)
+            mlflow.log_metrics({f"heldout/{k}": v for k, v in movement.items()
+                                if isinstance(v, (int, float)) and v is not None})
             adapter = output_dir / "adapter"
             trainer.save_model(str(adapter))  # a PEFT model saves its adapter only
             tokenizer.save_pretrained(adapter)
             write_json(adapter / "pscb_base_model.json", identity)
             mlflow.log_artifacts(str(adapter), artifact_path="adapter")
             summary[algorithm] = {"adapter": str(adapter), "mlflow_run_id": active.info.run_id,
-                                  "steps": trainer.state.global_step,
+                                  "steps": trainer.state.global_step, "movement": movement,
                                   "seconds": round(time.perf_counter() - started, 1),
                                   "last_log": next((h for h in reversed(trainer.state.log_history) if "loss" in h),
                                                    {}),

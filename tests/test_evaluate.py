@@ -51,12 +51,20 @@ def test_pair_train_evaluate_report(params):
     assert set(metrics["comparisons"]) == {"dpo-base", "sft-base", "dpo-sft"}
     assert metrics["comparisons"]["dpo-base"]["all"]["tasks"] == 4
     assert metrics["smoke_test"]  # 4 decisions cannot detect 0.05 at 80% power
+    for name in ("dpo", "sft"):  # held-out movement from training, changed outputs from evaluation
+        moved = metrics["movement"][name]
+        assert moved["pairs"] == summary_pairs(params) and 0 <= moved["reward_accuracy"] <= 1
+        assert 0 <= moved["changed_explanations_changed"] <= 1 and isinstance(moved["moved"], bool)
     page = Path(files["report"]).read_text()
     assert page.count("data:image/png;base64,") == 4 and "Smoke test: supports no claim" in page
     assert "<script" not in page and "http" not in page.replace("<!doctype html>", "")  # self-contained
     table = pd.read_csv(Path(params.data_dir) / "report" / "alignment.csv")
     assert set(table["model"]) == {"base", "dpo", "sft"} and len(table) == 3 * 3
     check_promotion(params, metrics)
+
+
+def summary_pairs(params) -> int:
+    return json.loads((Path(params.data_dir) / "train_summary.json").read_text())["pairs"]["eval"]
 
 
 def check_promotion(params, metrics):
