@@ -78,7 +78,7 @@ def run_study(args) -> None:
     path = out / f"runs-{shard}.jsonl"
     done = {row["id"] for file in out.glob("runs*.jsonl") for row in read_records(file)}
     generations = chosen_generations(params, args.decisions)
-    items = work_items(generations, args.samples, args.large_decisions, SAMPLING_METHODS)[shard::shards]
+    items = work_items(generations, args.samples, args.large_decisions, args.methods)[shard::shards]
     model, tokenizer, _ = load_model(params.model)
     baseline = baseline_token_id(tokenizer, params.attribute.baseline_token)
     started = time.perf_counter()
@@ -221,6 +221,8 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=30)
     parser.add_argument("--large-decisions", type=int, default=10, help="decisions also run at the largest n")
     parser.add_argument("--samples", type=lambda s: [int(x) for x in s.split(",")], default=[32, 128, 500])
+    parser.add_argument("--methods", type=lambda s: tuple(s.split(",")), default=SAMPLING_METHODS,
+                        help="comma-separated subset of the sampling methods (default: all)")
     parser.add_argument("--shard", default="0/1", help="i/N: this process takes every N-th run from the i-th")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--analyze", action="store_true")
