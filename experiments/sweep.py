@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.__main__ import parse_overrides  # noqa: E402
 from pipelines.config import load_params  # noqa: E402
 from pipelines.partitions import for_model, model_names  # noqa: E402
 
@@ -27,7 +28,7 @@ def candidates(grid: str) -> list[tuple[float, float]]:
     return [(float(lr), float(beta)) for lr, beta in (item.split(":") for item in grid.split(","))]
 
 
-def run_sweep(params, grid: list[tuple[float, float]]) -> dict:
+def run_sweep(params, grid: list[tuple[float, float]], tag: str = "") -> dict:
     from pipelines import train
 
     own = for_model(params, model_names(params)[0])
@@ -36,7 +37,7 @@ def run_sweep(params, grid: list[tuple[float, float]]) -> dict:
         raise FileNotFoundError(f"{pairs}/eval.jsonl not found: run `python -m pipelines pair` first")
     results = []
     for learning_rate, beta in grid:
-        folder = Path(own.data_dir) / "sweep" / f"lr{learning_rate:g}-beta{beta:g}"
+        folder = Path(own.data_dir) / "sweep" / f"{tag}lr{learning_rate:g}-beta{beta:g}"
         if not (folder / "train_summary.json").exists():
             shutil.copytree(pairs, folder / "pairs", dirs_exist_ok=True)
             settings = own.train.model_copy(update={"algorithms": ("dpo",), "learning_rate": learning_rate,
@@ -46,7 +47,10 @@ def run_sweep(params, grid: list[tuple[float, float]]) -> dict:
         results.append({"learning_rate": learning_rate, "beta": beta, "steps": summary["steps"],
                         "seconds": summary["seconds"], **summary["movement"]})
     best = max(results, key=lambda r: (r.get("reward_accuracy", 0), r.get("reward_margin", 0)))
-    return {"candidates": results, "chosen": {"learning_rate": best["learning_rate"], "beta": best["beta"]}}
+    return {"pairs": json.loads((pairs.parent / "pairs_summary.json").read_text()) if (
+                pairs.parent / "pairs_summary.json").exists() else None,
+            "train": own.train.model_dump(), "candidates": results,
+            "chosen": {"learning_rate": best["learning_rate"], "beta": best["beta"]}}
 
 
 def markdown(sweep: dict) -> str:
@@ -64,13 +68,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="experiments/powered.yaml")
     parser.add_argument("--grid", default="5e-6:5,2e-5:5,2e-5:1,1e-4:1", help="learning_rate:beta,...")
+    parser.add_argument("--tag", default="", help="names this sweep's folders and files (e.g. the pairs it trains on)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params value")
     parser.add_argument("--out", help="default: experiments/results/<params file stem>")
     args = parser.parse_args()
-    sweep = run_sweep(load_params(args.params), candidates(args.grid))
+    tag = f"{args.tag}-" if args.tag else ""
+    sweep = run_sweep(load_params(args.params, parse_overrides(args.set)), candidates(args.grid), tag)
     out = Path(args.out or f"experiments/results/{Path(args.params).stem}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
-    (out / "sweep.md").write_text(markdown(sweep))
+    (out / f"{tag}sweep.json").write_text(json.dumps(sweep, indent=2, default=str) + "\n")
+    (out / f"{tag}sweep.md").write_text(markdown(sweep))
     print(markdown(sweep))
     chosen = sweep["chosen"]
     print(f"train with: --set train.learning_rate={chosen['learning_rate']:g} --set train.beta={chosen['beta']:g}")
