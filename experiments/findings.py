@@ -25,9 +25,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.config import load_params  # noqa: E402
-from pipelines.controls import COUNTERFACTUAL, OWN, auroc, bootstrap_ci  # noqa: E402
+from pipelines.controls import OWN, bootstrap_ci, decision_aurocs  # noqa: E402
 from pipelines.partitions import model_names, slice_dir  # noqa: E402
 from pipelines.stats import equivalence, paired_difference  # noqa: E402
+
+from measurement import write_results  # noqa: E402  (experiments/ is on sys.path when run as a script)
 
 RESULTS = Path("experiments/results/findings")
 
@@ -41,12 +43,7 @@ def correct_vs_incorrect(own, margin: float, samples: int, seed: int) -> dict:
 
 
 def spearman_vs_cosine(rows, samples: int, seed: int) -> dict:
-    per_decision = {"spearman": [], "cosine": []}
-    for _, decision in rows.groupby("generation_id"):
-        own, other = decision[decision["kind"] == OWN], decision[decision["kind"] == COUNTERFACTUAL]
-        for metric in per_decision:
-            per_decision[metric].append(auroc(own[metric].to_numpy(float), other[metric].to_numpy(float)))
-    spearman, cosine = (np.asarray(per_decision[m], float) for m in ("spearman", "cosine"))
+    spearman, cosine = decision_aurocs(rows, "spearman"), decision_aurocs(rows, "cosine")
     both = ~np.isnan(spearman) & ~np.isnan(cosine)
     return {m: {"auroc": round(float(np.nanmean(v)), 4), "ci95": bootstrap_ci(v, samples, seed),
                 "decisions": int((~np.isnan(v)).sum())} for m, v in (("spearman", spearman), ("cosine", cosine))} | {
@@ -125,12 +122,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, help="a powered experiment's report/metrics.json (finding 3)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-    findings = run(load_params(args.params), args.report)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "findings.json").write_text(json.dumps(findings, indent=2) + "\n")
-    (out / "findings.md").write_text(markdown(findings))
-    print(markdown(findings))
+    write_results(Path(args.out), "findings", run(load_params(args.params), args.report), markdown)
 
 
 if __name__ == "__main__":

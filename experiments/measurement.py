@@ -68,12 +68,15 @@ def main() -> None:
     parser.add_argument("--params", default="experiments/measurement.yaml")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-    summary = summarize(load_params(args.params))
-    out = Path(args.out)
+    write_results(Path(args.out), "summary", summarize(load_params(args.params)), markdown, table="results")
+
+
+def write_results(out: Path, name: str, payload: dict, render, table: str | None = None) -> None:
+    """<out>/<name>.json and its markdown table <out>/<table or name>.md, printed too."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(summary))
-    print(markdown(summary))
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{table or name}.md").write_text(render(payload))
+    print(render(payload))
 
 
 if __name__ == "__main__":

@@ -63,12 +63,16 @@ def null_floor(table, metric: str, samples: int, seed: int) -> dict[str, Any]:
             "observed_minus_floor": _estimate(difference, samples, seed)}
 
 
+def decision_aurocs(table, metric: str) -> np.ndarray:
+    """Per decision (in generation_id order), the AUROC of its own explanations vs its counterfactual."""
+    return np.array([auroc(rows.loc[rows["kind"] == OWN, metric].to_numpy(float),
+                           rows.loc[rows["kind"] == COUNTERFACTUAL, metric].to_numpy(float))
+                     for _, rows in table.groupby("generation_id")], float)
+
+
 def diagnosticity(table, metric: str, samples: int, seed: int) -> dict[str, Any]:
     """Within-decision AUROC of own vs counterfactual explanations, averaged over decisions."""
-    values = [auroc(rows.loc[rows["kind"] == OWN, metric].to_numpy(float),
-                    rows.loc[rows["kind"] == COUNTERFACTUAL, metric].to_numpy(float))
-              for _, rows in table.groupby("generation_id")]
-    return {"auroc": _estimate(values, samples, seed)}
+    return {"auroc": _estimate(decision_aurocs(table, metric), samples, seed)}
 
 
 def control_summary(table, metrics: tuple[str, ...], samples: int, seed: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -335,8 +336,6 @@ def movement(params: Params) -> dict[str, Any]:
     """Per fine-tune: did the policy move? Held-out reward accuracy (binomial test), margin, log-probability
     shifts and KL from training; the share of outputs that changed at evaluation. `moved` needs both a
     reward accuracy above chance at evaluate.alpha and at least one changed explanation."""
-    import json
-
     data = Path(params.data_dir)
     trained = json.loads((data / "train_summary.json").read_text()) if (data / "train_summary.json").exists() else {}
     evaluated = data / "evaluation" / "evaluate_summary.json"
