@@ -1,5 +1,6 @@
 """Shared fixtures: the real SmolLM2 (converted once and cached), a tiny random-weight model with the
-same tokenizer and chat template for fast tests, and the local dataset copies in ../shared/datasets."""
+same tokenizer and chat template for fast tests, and the dataset subsets in tests/data/datasets (a clone has
+no ../shared; PSCB_SHARED_DATASETS points the tests at full local copies instead)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = Path(os.environ.get("PSCB_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+SHARED_DATASETS = Path(os.environ.get("PSCB_SHARED_DATASETS", REPO / "tests" / "data" / "datasets"))
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +79,7 @@ def smollm2(smollm2_dir):
 
 @pytest.fixture
 def shared_datasets() -> Path:
-    assert SHARED_DATASETS.is_dir(), f"local dataset copies expected at {SHARED_DATASETS}"
+    assert SHARED_DATASETS.is_dir(), f"dataset copies expected at {SHARED_DATASETS} (tests/data/datasets is committed)"
     return SHARED_DATASETS
 
 

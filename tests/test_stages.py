@@ -59,9 +59,9 @@ def test_stages_write_a_bank_pandas_reads(params):
     assert set(written["methods"]["lime"]) >= {"mean", "by_correctness", "spread", "undefined", "by_dataset",
                                                 "null_floor", "diagnosticity", "warnings", "masks"}
     floor = written["methods"]["lime"]["null_floor"]["all"]["spearman"]
-    assert floor["observed_minus_floor"]["decisions"] == 6
-    auroc = written["methods"]["lime"]["diagnosticity"]["all"]["spearman"]["auroc"]
     scored = lime.dropna(subset=["spearman"]).groupby("generation_id")["kind"].agg(set)
+    assert floor["observed_minus_floor"]["decisions"] == sum({"own", "mismatched"} <= kinds for kinds in scored) >= 4
+    auroc = written["methods"]["lime"]["diagnosticity"]["all"]["spearman"]["auroc"]
     assert auroc["decisions"] == sum({"own", "counterfactual"} <= kinds for kinds in scored) >= 1
     assert 0 <= auroc["mean"] <= 1
     assert written["methods"]["lime"]["warnings"]  # 10 samples for ~50 features is below the stable level
