@@ -23,7 +23,8 @@ def build_definitions(params_path: str = "params.yaml", repo: str = ".") -> dg.D
         # steps in the run's own process: a run waiting for the compute pool then sleeps (the multiprocess
         # executor polled at about half a core per waiting run on 2 cores), and no step pays a new interpreter
         executor=dg.in_process_executor,
-        resources={"pscb": PscbParams(path=params_path), "dvc": DvcLock(repo=repo), "mlflow": MlflowTracking()})
+        resources={"pscb": PscbParams(path=params_path), "dvc": DvcLock(repo=repo, params=params_path),
+                   "mlflow": MlflowTracking()})
 
 
 defs = build_definitions(os.environ.get("PSCB_PARAMS", "params.yaml"))

@@ -27,9 +27,12 @@ class DvcLock(dg.ConfigurableResource):
 
     Dagster runs the stage function itself (one code path, its own retries and partitions); DVC only
     hashes the outputs, deps and params of the matching stage. Stages of models other than the params
-    file's `model` have no DVC stage and are not recorded."""
+    file's `model` have no DVC stage and are not recorded. Only a repository whose own params.yaml is the
+    file Dagster was started with is touched: a run on other params (a test's, an experiment's) would
+    otherwise record its data under the repository's stages."""
 
     repo: str = "."
+    params: str = "params.yaml"
     executable: str = ""
 
     def dvc(self) -> str | None:
@@ -39,6 +42,8 @@ class DvcLock(dg.ConfigurableResource):
     def commit(self, stage: str, log) -> str:
         if not (Path(self.repo) / "dvc.yaml").exists() or not (Path(self.repo) / ".dvc").is_dir():
             return "no DVC repository"
+        if (Path(self.repo) / "params.yaml").resolve() != Path(self.params).resolve():
+            return f"not recorded: dvc.yaml reads {Path(self.repo) / 'params.yaml'}, this run {self.params}"
         executable = self.dvc()
         if executable is None:
             log.warning("dvc not found (make install puts it in .venv/bin): %s is not recorded in dvc.lock", stage)
