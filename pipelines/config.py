@@ -288,11 +288,22 @@ class ParamsError(ValueError):
     """A params file that cannot be used; the message names the file and every bad key."""
 
 
+def evaluation_datasets(params: Params) -> dict[str, str]:
+    """dataset -> in_domain | shifted."""
+    domains = {d: "in_domain" for d in params.tasks.datasets}
+    return {**domains, **{d: "shifted" for d in params.evaluate.shift_datasets if d not in domains}}
+
+
 def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"params file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.MarkedYAMLError as err:  # its marks count from 0; editors count from 1
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ParamsError(f"{path}: not valid YAML at {where}: {err.problem or err.context}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():

@@ -17,18 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import attribute, generate, score
-from pipelines.config import Params
+from pipelines.config import Params, evaluation_datasets
 from pipelines.controls import OWN
 from pipelines.movement import changed_outputs
 from pipelines.records import Task, read_records, write_json, write_records
 from pipelines.tasks import build_tasks, load_rows
 from pipelines.tracking import use_experiment
-
-
-def evaluation_datasets(params: Params) -> dict[str, str]:
-    """dataset -> in_domain | shifted."""
-    domains = {d: "in_domain" for d in params.tasks.datasets}
-    return {**domains, **{d: "shifted" for d in params.evaluate.shift_datasets if d not in domains}}
 
 
 def evaluation_tasks(params: Params) -> list[Task]:

@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import Params
+from pipelines.config import Params, evaluation_datasets
 from pipelines.controls import OWN, bootstrap_ci, control_summary
-from pipelines.evaluate import evaluation_datasets
 from pipelines.records import write_json
 from pipelines.score import sample_warnings
 from pipelines.stats import decisions_for_power, equivalence, holm, noninferiority, paired_difference, paired_power

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# the tag MLflow's UI reads to open an experiment on its runs table rather than its GenAI pages
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
 
 def use_experiment(tracking_uri: str, name: str) -> str:
     """Point MLflow at the store and the named experiment (created if new) and return its id.
 
     With a local SQLite store the artifacts go to mlruns/ beside the database file (MLflow's own
-    default would be ./mlruns under whatever directory the process happens to run in)."""
+    default would be ./mlruns under whatever directory the process happens to run in). The experiment is
+    tagged a model-training one: MLflow 3 opens an untagged experiment on its GenAI traces page."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -18,10 +22,13 @@ def use_experiment(tracking_uri: str, name: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         experiment_id = experiment.experiment_id
+        if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     else:
         location = None
         if tracking_uri.startswith("sqlite:///"):
             location = (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
-        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        experiment_id = mlflow.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND: MODEL_TRAINING})
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id

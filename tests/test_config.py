@@ -61,3 +61,13 @@ def test_cli_reports_bad_params_without_traceback(tmp_path, capsys):
 
     assert main(["tasks", "--params", str(write(tmp_path, "seed: [1]\n"))]) == 2
     assert "seed" in capsys.readouterr().err
+
+
+def test_invalid_yaml_names_file_line_and_column_through_the_cli(tmp_path, capsys):
+    from pipelines.__main__ import main
+
+    path = write(tmp_path, "seed: 42\ngenerate:\n  n_explanations: [3\n  temperature: 0.7\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: not valid YAML at line 4, column 14"):
+        load_params(path)
+    assert main(["tasks", "--params", str(path)]) == 2
+    assert "not valid YAML at line 4, column 14" in capsys.readouterr().err

@@ -40,6 +40,8 @@ def params(tmp_path, tiny_model_dir) -> Params:
 def test_dpo_and_sft_log_to_mlflow_and_save_loadable_adapters(params, tiny_model_dir, tokenizer):
     summary = train.run(params)
     client = mlflow.MlflowClient(params.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(params.mlflow.training_experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
     for algorithm in ("dpo", "sft"):
         run = client.get_run(summary[algorithm]["mlflow_run_id"])
         assert run.info.status == "FINISHED" and run.data.tags["algorithm"] == algorithm
