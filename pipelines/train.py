@@ -14,14 +14,13 @@ checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import Params, TrainParams
 from pipelines.movement import policy_movement
-from pipelines.records import read_stage_input, write_json
+from pipelines.records import read_stage_input, sha256, write_json
 from pipelines.tracking import use_experiment
 
 
@@ -75,10 +74,6 @@ def train(algorithm: str, model, tokenizer, train_pairs: list[dict[str, Any]], e
     return trainer
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def run(params: Params) -> dict[str, Any]:
     import mlflow
 
@@ -92,7 +87,7 @@ def run(params: Params) -> dict[str, Any]:
         raise ValueError(f"{train_path} holds no pairs: run `python -m pipelines pair` on a bank with train tasks")
     use_experiment(params.mlflow.tracking_uri, params.mlflow.training_experiment)
     summary: dict[str, Any] = {"pairs": {"train": len(train_pairs), "eval": len(eval_pairs),
-                                         "train_sha256": file_digest(train_path)}}
+                                         "train_sha256": sha256(train_path)}}
     for algorithm in params.train.algorithms:
         started = time.perf_counter()
         model, tokenizer, identity = load_model(params.model)
