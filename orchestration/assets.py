@@ -4,9 +4,9 @@ Expectations check, and records the partition in dvc.lock."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,22 +15,19 @@ import dagster as dg
 
 from orchestration import checks
 from orchestration.resources import DvcLock, MlflowTracking, PscbParams
-from pipelines.config import Params
+from pipelines.artifacts import ARTIFACTS, ArtifactInvalid, StageResult
+from pipelines.config import Params, ParamsError
 from pipelines.partitions import model_dir, model_names, run_bank_stage, run_model_stage, slice_dir
+from pipelines.records import sha256
 
 # asset -> DVC stage (dvc.yaml): the two graphs are the same graph (tests/test_dvc.py)
-ASSET_STAGES = {"raw_tasks": "tasks", "generations": "generate", "attributions": "attribute", "bank": "score",
-                "preference_pairs": "pair", "fine_tuned_models": "train", "evaluation": "evaluate",
-                "eval_report": "report", "champion_model": "promote"}
+ASSET_STAGES = {name: artifact.stage for name, artifact in ARTIFACTS.items()}
 BANK_GROUP, MODEL_GROUP = "bank", "fine_tuning"
 # After the bank: run when every dataset slice of the model is materialized and newer than the last run,
 # and only while their blocking checks pass (a failed Great Expectations suite holds it back).
 RETRAIN_WHEN_BANK_CHANGES = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 # the long stages take turns on the one accelerator (or the laptop's cores): .dagster/dagster.yaml limits it
 COMPUTE_POOL = "pscb_compute"
-FILES = {"raw_tasks": ["tasks.jsonl"], "generations": ["generations.jsonl"], "attributions": ["attributions.jsonl"],
-         "bank": ["bank.parquet"], "preference_pairs": ["pairs"], "fine_tuned_models": ["train_summary.json"],
-         "evaluation": ["evaluation"], "eval_report": ["report"], "champion_model": ["promotion.json"]}
 
 
 def bank_partitions(params: Params) -> dg.MultiPartitionsDefinition:
@@ -42,59 +39,64 @@ def model_partitions(params: Params) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition(list(model_names(params)))
 
 
-def digest(paths: list[Path]) -> str:
-    """sha256 over the files (recursively, in path order): the data version a run produced."""
-    sha = hashlib.sha256()
-    for path in paths:
-        for file in sorted([path] if path.is_file() else path.rglob("*")):
-            if file.is_file():
-                sha.update(str(file.relative_to(path.parent)).encode())
-                sha.update(file.read_bytes())
-    return sha.hexdigest()
-
-
 def scalars(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
-def run_stage(name: str, run, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run a stage; its error becomes a Failure that says what to do, with nothing computed lost."""
-    started = time.perf_counter()
+def load_params(pscb: PscbParams) -> Params:
     try:
-        summary = run()
+        return pscb.load()
+    except ParamsError as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from err
+
+
+def materialize(name: str, run: Callable[[], StageResult], folder: Path, model: str, params: Params,
+                dvc_stage: str, context, dvc: DvcLock, extra=None, more_checks=()) -> dg.MaterializeResult:
+    """Run a stage (which validates its inputs and output itself) and report what it did.
+
+    An input that fails its suite, or any stage error, fails the step with the stage's message and nothing
+    computed lost. An output that fails its suite was moved aside by the stage and the previous output
+    restored: reported as the failed blocking check, which stops everything downstream."""
+    started = time.perf_counter()
+    paths = [folder / f for f in ARTIFACTS[name].files]
+    try:
+        result = run()
+    except ArtifactInvalid as err:
+        if err.artifact.asset != name:
+            raise dg.Failure(description=str(err), allow_retries=False) from err
+        return dg.MaterializeResult(
+            metadata={"rejected": str(err), "path": dg.MetadataValue.path(str(paths[0]))},
+            data_version=dg.DataVersion(sha256(*paths, names=True)),
+            check_results=[checks.quality(name, err.reports)])
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise dg.Failure(description=f"{name}: {err}", metadata={"folder": dg.MetadataValue.path(str(folder))},
                          allow_retries=False) from err
-    paths = [folder / f for f in FILES[name]]
-    metadata = {"seconds": round(time.perf_counter() - started, 2), "data_digest": digest(paths)[:16],
-                "path": dg.MetadataValue.path(str(paths[0]))}
-    return summary, metadata
+    metadata: dict[str, Any] = {"seconds": round(time.perf_counter() - started, 2),
+                                "data_digest": sha256(*paths, names=True)[:16],
+                                "path": dg.MetadataValue.path(str(paths[0])), **scalars(result.summary)}
+    if extra:
+        metadata.update(extra(folder, result.summary))
+    if model == params.model.name:
+        metadata["dvc"] = dvc.commit(dvc_stage, context.log)
+    results = [checks.quality(name, result.reports)] if ARTIFACTS[name].suite else []
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(metadata["data_digest"]),
+                                check_results=results + [c(params, result.summary) for c in more_checks])
 
 
 def materialize_slice(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=None) -> dg.MaterializeResult:
-    params = pscb.load()
+    params = load_params(pscb)
     dataset, model = (context.partition_key.keys_by_dimension[d] for d in ("dataset", "model"))
-    folder = slice_dir(params, dataset, model)
-    summary, metadata = run_stage(name, lambda: run_bank_stage(ASSET_STAGES[name], params, dataset, model),
-                                  folder)
-    metadata.update(scalars(summary), **(extra(folder, summary) if extra else {}))
-    if model == params.model.name:
-        metadata["dvc"] = dvc.commit(f"{ASSET_STAGES[name]}@{dataset}", context.log)
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(metadata["data_digest"]),
-                                check_results=[checks.quality(name, params, folder)])
+    return materialize(name, lambda: run_bank_stage(ASSET_STAGES[name], params, dataset, model),
+                       slice_dir(params, dataset, model), model, params, f"{ASSET_STAGES[name]}@{dataset}",
+                       context, dvc, extra)
 
 
 def materialize_model(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=None,
                       more_checks=()) -> dg.MaterializeResult:
-    params, model = pscb.load(), context.partition_key
-    folder = model_dir(params, model)
-    summary, metadata = run_stage(name, lambda: run_model_stage(ASSET_STAGES[name], params, model), folder)
-    metadata.update(scalars(summary), **(extra(params, folder, summary) if extra else {}))
-    if model == params.model.name:
-        metadata["dvc"] = dvc.commit(ASSET_STAGES[name], context.log)
-    results = [checks.quality(name, params, folder)] if name in checks.SUITES else []
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(metadata["data_digest"]),
-                                check_results=results + [c(params, folder) for c in more_checks])
+    params, model = load_params(pscb), context.partition_key
+    return materialize(name, lambda: run_model_stage(ASSET_STAGES[name], params, model), model_dir(params, model),
+                       model, params, ASSET_STAGES[name], context, dvc,
+                       partial(extra, params) if extra else None, more_checks)
 
 
 def bank_means(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
@@ -195,16 +197,18 @@ def build_assets(params: Params) -> list[dg.AssetsDefinition]:
     def evaluation(context, pscb: PscbParams, dvc: DvcLock, mlflow: MlflowTracking) -> dg.MaterializeResult:
         return materialize_model(context, "evaluation", pscb, dvc, partial(evaluation_figures, mlflow))
 
-    @dg.asset(deps=["evaluation"], check_specs=[checks.quality_spec("eval_report"), checks.GATE_SPEC],
+    @dg.asset(deps=["evaluation"], check_specs=[checks.quality_spec("eval_report")],
               description="Alignment and accuracy with confidence intervals, paired tests; HTML + metrics.json.",
               **by_model)
     def eval_report(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
-        return materialize_model(context, "eval_report", pscb, dvc, report_figures, [checks.promotion_gate])
+        return materialize_model(context, "eval_report", pscb, dvc, report_figures)
 
-    @dg.asset(deps=["eval_report", "fine_tuned_models"], description="The fine-tune registered in MLflow with "
-              "the champion alias; runs only when eval_report's promotion gate passed.", **by_model)
+    @dg.asset(deps=["eval_report", "fine_tuned_models"], check_specs=[checks.GATE_SPEC],
+              description="The promotion decision (promotion.json): the fine-tune registered in MLflow with the "
+              "champion alias only when the evaluation's evidence earned it.", **by_model)
     def champion_model(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
-        return materialize_model(context, "champion_model", pscb, dvc)
+        return materialize_model(context, "champion_model", pscb, dvc,
+                                 more_checks=[lambda params, summary: checks.promotion_gate(summary, params.promote)])
 
     return [raw_tasks, generations, attributions, bank, preference_pairs, fine_tuned_models, evaluation,
             eval_report, champion_model]

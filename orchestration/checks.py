@@ -1,63 +1,35 @@
-"""Blocking asset checks: a Great Expectations suite per artifact (pipelines/quality.py), and the gate
-that lets a fine-tune become the champion. A failing check stops every asset downstream of it."""
+"""Asset checks: each stage's own Great Expectations validation (pipelines/artifacts.py, run inside the
+stage by every entry point) reported as a blocking check, and the promotion decision the promote stage
+took. A failing quality check stops every asset downstream of it."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from pipelines.config import Params
-from pipelines.records import read_records
+from pipelines.artifacts import ARTIFACTS
+from pipelines.quality import QualityReport
 
-# asset -> the suite of pipelines/quality.py that validates it
-SUITES = {"raw_tasks": "tasks", "generations": "generations", "attributions": "attributions", "bank": "bank",
-          "preference_pairs": "pairs", "fine_tuned_models": "training_log", "evaluation": "bank",
-          "eval_report": "eval_metrics"}
 QUALITY = "great_expectations"
-GATE_SPEC = dg.AssetCheckSpec("promotion_gate", asset="eval_report", blocking=True,
-                              description="The fine-tune's alignment beats the base model's and its accuracy is "
-                              "within tolerance (params `promote`); champion_model runs only when this passes.")
+GATE = "promotion_gate"
+GATE_SPEC = dg.AssetCheckSpec(
+    GATE, asset="champion_model", blocking=False,
+    description="Did the evaluation earn the candidate the champion alias (params `promote`: the CI lower bound of "
+    "its paired alignment gain above min_alignment_gain, accuracy non-inferior)? The promote stage decides and "
+    "moves the alias only when it passed; a refusal is a result, reported here as a warning.")
 
 
 def quality_spec(asset: str) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(QUALITY, asset=asset, blocking=True,
-                             description=f"Great Expectations suite '{SUITES[asset]}' (pipelines/quality.py).")
+                             description=f"Great Expectations suite '{ARTIFACTS[asset].suite}' "
+                             "(pipelines/quality.py), run by the stage on what it wrote.")
 
 
-def parts_to_check(asset: str, params: Params, folder: Path) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
-    """(part, rows, expected) for each table an asset wrote: one for most, one per fine-tune or model."""
-    import pandas as pd
-
-    from pipelines.report import metric_rows
-
-    if asset in ("raw_tasks", "generations", "attributions"):
-        expected = {"raw_tasks": {"dataset": folder.name}, "attributions": {},
-                    "generations": {"n_explanations": params.generate.n_explanations}}[asset]
-        return [(folder.name, list(read_records(folder / f"{asset.removeprefix('raw_')}.jsonl")), expected)]
-    if asset == "bank":
-        return [(folder.name, pd.read_parquet(folder / "bank.parquet").to_dict("records"), {})]
-    if asset == "preference_pairs":
-        rows = [r for f in sorted((folder / "pairs").glob("*.jsonl")) for r in read_records(f)]
-        return [("pairs", rows, {"min_margin": params.pair.min_margin, "keep_ties": params.pair.keep_ties})]
-    if asset == "fine_tuned_models":
-        summary = json.loads((folder / "train_summary.json").read_text())
-        return [(a, summary[a]["log_history"], {}) for a in params.train.algorithms]
-    if asset == "evaluation":
-        return [(name, pd.read_parquet(folder / "evaluation" / name / "bank.parquet").to_dict("records"), {})
-                for name in params.evaluate.models]
-    return [("report", metric_rows(json.loads((folder / "report" / "metrics.json").read_text())), {})]
-
-
-def quality(asset: str, params: Params, folder: Path) -> dg.AssetCheckResult:
-    from pipelines.quality import validate
-
-    reports = [(part, validate(SUITES[asset], rows, **expected))
-               for part, rows, expected in parts_to_check(asset, params, folder)]
+def quality(asset: str, reports: list[tuple[str, QualityReport]]) -> dg.AssetCheckResult:
+    """The stage's validation of its output as the asset's check (no second run of the suite)."""
     failures = [(part, f) for part, report in reports for f in report.failures]
-    metadata: dict[str, Any] = {"suite": SUITES[asset], "rows": sum(r.rows for _, r in reports),
+    metadata: dict[str, Any] = {"suite": ARTIFACTS[asset].suite, "rows": sum(r.rows for _, r in reports),
                                 "expectations": sum(r.evaluated for _, r in reports),
                                 "failed_expectations": len(failures)}
     if failures:
@@ -71,15 +43,13 @@ def quality(asset: str, params: Params, folder: Path) -> dg.AssetCheckResult:
         description="; ".join(f"{part}: {report.summary()}" for part, report in reports if not report.success) or None)
 
 
-def promotion_gate(params: Params, folder: Path) -> dg.AssetCheckResult:
-    from pipelines.promote import gate
-
-    decision = gate(json.loads((folder / "report" / "metrics.json").read_text()), params.promote)
+def promotion_gate(summary: dict[str, Any], promote) -> dg.AssetCheckResult:
+    low = summary.get("alignment_gain_ci95")
     return dg.AssetCheckResult(
-        asset_key="eval_report", check_name="promotion_gate", passed=decision.passed,
-        severity=dg.AssetCheckSeverity.ERROR, description="; ".join(decision.reasons) or "promotion earned",
-        metadata={"candidate": params.promote.candidate, "alignment_gain": decision.alignment_gain,
-                  "alignment_gain_ci95_low": decision.alignment_gain_ci95[0] if decision.alignment_gain_ci95 else None,
-                  "accuracy_change": decision.accuracy_change, "accuracy_lower_bound": decision.accuracy_lower_bound,
-                  "min_alignment_gain": params.promote.min_alignment_gain,
-                  "accuracy_tolerance": params.promote.accuracy_tolerance})
+        asset_key="champion_model", check_name=GATE, passed=summary["passed"], severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(summary["reasons"]) or "promotion earned",
+        metadata={"candidate": summary["candidate"], "promoted": summary["promoted"],
+                  "alignment_gain": summary["alignment_gain"], "alignment_gain_ci95_low": low[0] if low else None,
+                  "accuracy_change": summary["accuracy_change"],
+                  "accuracy_lower_bound": summary["accuracy_lower_bound"],
+                  "min_alignment_gain": promote.min_alignment_gain, "accuracy_tolerance": promote.accuracy_tolerance})

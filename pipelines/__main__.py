@@ -49,11 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params, parse_overrides(args.set))
         for stage in STAGES if args.stage == "all" else (args.stage,):
             started = time.perf_counter()
-            summaries = run_stage(stage, params, args.dataset, args.model)
-            for key, summary in summaries.items():
-                short = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-                print(f"[{stage} {key}] {json.dumps(short, default=str)}", flush=True)
-            print(f"[{stage}] {len(summaries)} partition(s) in {time.perf_counter() - started:.1f}s", flush=True)
+            results = run_stage(stage, params, args.dataset, args.model)
+            for key, result in results.items():
+                short = {k: v for k, v in result.summary.items() if not isinstance(v, (dict, list))}
+                checked = sum(report.evaluated for _, report in result.reports)
+                print(f"[{stage} {key}] {json.dumps(short, default=str)} checks: {checked} expectations passed",
+                      flush=True)
+            print(f"[{stage}] {len(results)} partition(s) in {time.perf_counter() - started:.1f}s", flush=True)
     except (ParamsError, BadRowError, FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -16,13 +16,15 @@ call these.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipelines.artifacts import ARTIFACTS, BY_STAGE, StageResult, checked_run
 from pipelines.config import Params
 
-BANK_STAGES = ("tasks", "generate", "attribute", "score")
-MODEL_STAGES = ("pair", "train", "evaluate", "report", "promote")
+BANK_STAGES = tuple(a.stage for a in ARTIFACTS.values() if a.scope == "slice")
+MODEL_STAGES = tuple(a.stage for a in ARTIFACTS.values() if a.scope == "model")
 STAGES = (*BANK_STAGES, *MODEL_STAGES)
 
 
@@ -56,6 +58,11 @@ def slice_dir(params: Params, dataset: str, model: str) -> Path:
     return model_dir(params, model) / "bank" / dataset
 
 
+def rejected_dir(params: Params, model: str) -> Path:
+    """Where outputs that failed their suite go: inside no DVC output or dependency."""
+    return model_dir(params, model) / "rejected"
+
+
 def for_model(params: Params, model: str) -> Params:
     """Params whose `model` is that model and whose data_dir is its folder."""
     chosen = next(m for m in (params.model, *params.models) if m.name == check_model(params, model))
@@ -69,24 +76,39 @@ def for_slice(params: Params, dataset: str, model: str) -> Params:
         "tasks": params.tasks.model_copy(update={"datasets": (dataset,)})})
 
 
-def run_bank_stage(stage: str, params: Params, dataset: str, model: str) -> dict[str, Any]:
-    import importlib
+def _stage_functions() -> dict[str, Callable[..., dict[str, Any]]]:
+    from pipelines import attribute, evaluate, generate, pair, promote, report, score, tasks, train
 
-    return importlib.import_module(f"pipelines.{stage}").run(for_slice(params, dataset, model))
+    return {"tasks": tasks.run, "generate": generate.run, "attribute": attribute.run, "score": score.run,
+            "pair": pair.run, "train": train.run, "evaluate": evaluate.run, "report": report.run,
+            "promote": promote.run}
 
 
-def run_model_stage(stage: str, params: Params, model: str) -> dict[str, Any]:
-    import importlib
+def run_bank_stage(stage: str, params: Params, dataset: str, model: str) -> StageResult:
+    """One bank stage on one slice, its inputs and output validated (pipelines/artifacts.py)."""
+    artifact, folder = BY_STAGE[stage], slice_dir(params, dataset, model)
+    inputs = [(ARTIFACTS[name], folder) for name in artifact.reads]
+    run = _stage_functions()[stage]
+    return checked_run(artifact, params, folder, lambda: run(for_slice(params, dataset, model)), inputs,
+                       rejected_dir(params, model) / "bank" / dataset)
 
-    own = for_model(params, model)
-    module = importlib.import_module(f"pipelines.{stage}")
+
+def run_model_stage(stage: str, params: Params, model: str) -> StageResult:
+    """One per-model stage over all of the model's slices, its inputs and output validated."""
+    artifact, folder, own = BY_STAGE[stage], model_dir(params, model), for_model(params, model)
+    inputs = [(ARTIFACTS[name], slice_dir(params, dataset, model)) for name in artifact.reads
+              if ARTIFACTS[name].scope == "slice" for dataset in params.tasks.datasets]
+    inputs += [(ARTIFACTS[name], folder) for name in artifact.reads if ARTIFACTS[name].scope == "model"]
+    run = _stage_functions()[stage]
     if stage == "pair":
-        return module.run(own, slices=[slice_dir(params, d, model) for d in params.tasks.datasets])
-    return module.run(own)
+        slices = [slice_dir(params, d, model) for d in params.tasks.datasets]
+        return checked_run(artifact, params, folder, lambda: run(own, slices=slices), inputs,
+                           rejected_dir(params, model))
+    return checked_run(artifact, params, folder, lambda: run(own), inputs, rejected_dir(params, model))
 
 
 def run_stage(stage: str, params: Params, dataset: str | None = None, model: str | None = None
-              ) -> dict[str, dict[str, Any]]:
+              ) -> dict[str, StageResult]:
     """One stage over the given partitions (every one when not given): {partition key: summary}."""
     datasets = [check_dataset(params, dataset)] if dataset else list(params.tasks.datasets)
     models = [check_model(params, model)] if model else list(model_names(params))
