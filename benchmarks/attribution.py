@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PERTURBATION = ("feature_ablation", "lime", "kernel_shap")
 TEXT = ("Plants absorb carbon dioxide from the air through small openings in their leaves and use the energy "
         "of sunlight to turn it, together with water, into sugar and oxygen. ") * 12
 
@@ -121,6 +120,7 @@ def build_sequences(tokenizer, task, explanation_lengths: list[int]):
 
 def single_cases(model, tokenizer, counter, cases, methods, params, stock_token_limit, peak) -> list[dict]:
     from pipelines.attribute import attribute_sequence
+    from pipelines.config import PERTURBATION_METHODS
 
     rows = []
     for method in methods:
@@ -145,7 +145,7 @@ def single_cases(model, tokenizer, counter, cases, methods, params, stock_token_
                 row.update(stock_seconds=round(stock_s, 3), stock_token_forwards=stock_tokens,
                            max_relative_difference=relative_difference(ours, stock))
             row["speedup_vs_stock"] = round(row["stock_seconds"] / ours_s, 2)
-            if method in PERTURBATION:
+            if method in PERTURBATION_METHODS:
                 first = run_params.model_copy(update={"target": "first_position"})
                 first_s, _, _ = counter.measure(lambda: attribute_sequence(model, sequence, method, first, 0, seed=11))
                 row.update(first_position_seconds=round(first_s, 3), ratio_to_first_position=round(ours_s / first_s, 2))
@@ -159,10 +159,10 @@ def record_cases(model, tokenizer, counter, record, methods, params, peak) -> li
     explanations', 11), ours with one shared set, stock Captum per target with the same seeds, and the
     released code's first-position approximation."""
     from pipelines.attribute import attribute_record, attribute_sequence
-    from pipelines.config import SAMPLING_METHODS
+    from pipelines.config import PERTURBATION_METHODS, SAMPLING_METHODS
 
     rows = []
-    for method in [m for m in methods if m in PERTURBATION]:
+    for method in [m for m in methods if m in PERTURBATION_METHODS]:
         run_params = params.model_copy(update={"methods": (method,)})
         first = run_params.model_copy(update={"target": "first_position"})
         seeds = (12, 11) if method in SAMPLING_METHODS else None

@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import SAMPLING_METHODS, AttributeParams, Params
+from pipelines.config import PERTURBATION_METHODS, SAMPLING_METHODS, AttributeParams, Params
 from pipelines.layout import Sequence, record_sequences
 from pipelines.prompts import decision_conversation, explanation_conversation
 from pipelines.records import (Appender, Attribution, Generation, existing_ids, read_records, read_stage_input,
@@ -32,7 +32,6 @@ from pipelines.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
-PERTURBATION = ("lime", "kernel_shap", "feature_ablation")
 
 
 def baseline_token_id(tokenizer, choice: str | int) -> int:
@@ -107,7 +106,7 @@ def attribute_sequence(model, sequence: Sequence, method: str, params: Attribute
 
     if not sequence.target_ids:  # an empty output has a log-probability of 0 under every perturbation
         return np.zeros(len(sequence.feature_positions))
-    if method in PERTURBATION:
+    if method in PERTURBATION_METHODS:
         rows = batch_rows(model, len(sequence.prompt_ids) + len(sequence.target_ids), params)
         scorer = TargetScorer(model, sequence, baseline_id, rows, params.target)
         return perturbation_attribution(scorer, len(sequence.feature_positions), method, params, seed, model.device,
@@ -133,7 +132,7 @@ def attribute_record(model, sequences: list[Sequence], method: str, params: Attr
 
     decision_seed, explanation_seed = seeds or (0, 0)
     decision, explanations = sequences[0], sequences[1:]
-    if method not in PERTURBATION or params.target != "sequence" or params.features != "first_user_message":
+    if method not in PERTURBATION_METHODS or params.target != "sequence" or params.features != "first_user_message":
         return [attribute_sequence(model, decision, method, params, baseline_id, decision_seed)] + [
             attribute_sequence(model, s, method, params, baseline_id, explanation_seed) for s in explanations]
     longest = len(explanations[0].prompt_ids) + max(len(s.target_ids) for s in explanations)
@@ -190,7 +189,7 @@ def attribute_generation(model, tokenizer, generation: Generation, method: str, 
     tokens = [tokenizer.convert_ids_to_tokens([s.prompt_ids[p] for p in s.feature_positions]) for s in sequences]
     return Attribution(
         id=f"{generation.id}/{method}", generation_id=generation.id, method=method, target=params.target
-        if method in PERTURBATION else "sequence", features=params.features, feature_tokens=tokens[0],
+        if method in PERTURBATION_METHODS else "sequence", features=params.features, feature_tokens=tokens[0],
         decision=vectors[0].tolist(), explanation_feature_tokens=tokens[1:k + 1],
         explanations=[v.tolist() for v in vectors[1:k + 1]], baseline_token_id=baseline,
         baseline_token=tokenizer.convert_ids_to_tokens(baseline), model=generation.model,

@@ -10,6 +10,7 @@ and wrong types are rejected with the offending key path in the message.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -17,9 +18,27 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DATASETS = ("ecqa", "arc_easy", "arc_challenge", "codah", "commonsense_qa")
-ATTRIBUTION_METHODS = ("lime", "kernel_shap", "feature_ablation", "lig", "input_x_gradient")
-SAMPLING_METHODS = ("lime", "kernel_shap")  # the ones that draw perturbation samples
-GRADIENT_METHODS = ("lig", "input_x_gradient")
+
+
+@dataclass(frozen=True)
+class AttributionMethod:
+    captum: str  # the Captum algorithm it runs and equals (tests/test_attribute_vs_captum.py)
+    family: str  # perturbation: forwards of masked prompts, shared across a record; gradient: forward + backward
+    samples: bool  # draws seeded perturbation samples (attribute.n_samples, attribute.masks)
+
+
+# every attribution method, the one table the schema, the attribute stage, score and the suites read
+ATTRIBUTION = {
+    "lime": AttributionMethod("Lime", "perturbation", samples=True),
+    "kernel_shap": AttributionMethod("KernelShap", "perturbation", samples=True),
+    "feature_ablation": AttributionMethod("FeatureAblation", "perturbation", samples=False),
+    "lig": AttributionMethod("LayerIntegratedGradients", "gradient", samples=False),
+    "input_x_gradient": AttributionMethod("LayerGradientXActivation", "gradient", samples=False),
+}
+ATTRIBUTION_METHODS = tuple(ATTRIBUTION)
+SAMPLING_METHODS = tuple(name for name, method in ATTRIBUTION.items() if method.samples)
+PERTURBATION_METHODS = tuple(name for name, method in ATTRIBUTION.items() if method.family == "perturbation")
+GRADIENT_METHODS = tuple(name for name, method in ATTRIBUTION.items() if method.family == "gradient")
 METRICS = ("spearman", "cosine", "l1_dot", "kendall", "top_k_overlap")
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
