@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.__main__ import parse_overrides  # noqa: E402
 from pipelines.config import load_params  # noqa: E402
-from pipelines.partitions import for_slice, model_names  # noqa: E402
+from pipelines.partitions import for_slice, model_names, slice_dir  # noqa: E402
 from pipelines.records import read_records, write_records  # noqa: E402
 
 
@@ -32,7 +32,9 @@ def run_shard(args) -> None:
     overrides = {**parse_overrides(args.set), "data_dir": args.data_dir}
     params = load_params(args.params, overrides)
     shard = tuple(int(x) for x in args.shard.split("/"))
-    summary = attribute.run(for_slice(params, args.dataset, model_names(params)[0]), shard=shard)
+    model = model_names(params)[0]
+    summary = attribute.run(for_slice(params, args.dataset, model), slice_dir(params, args.dataset, model),
+                            shard=shard)
     print(json.dumps({k: v for k, v in summary.items() if k != "path"}))
 
 

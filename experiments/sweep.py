@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.__main__ import parse_overrides  # noqa: E402
 from pipelines.config import load_params  # noqa: E402
-from pipelines.partitions import for_model, model_names  # noqa: E402
+from pipelines.partitions import for_model, model_dir, model_names  # noqa: E402
 
 
 def candidates(grid: str) -> list[tuple[float, float]]:
@@ -31,18 +31,19 @@ def candidates(grid: str) -> list[tuple[float, float]]:
 def run_sweep(params, grid: list[tuple[float, float]], tag: str = "") -> dict:
     from pipelines import train
 
-    own = for_model(params, model_names(params)[0])
-    pairs = Path(own.data_dir) / "pairs"
+    model = model_names(params)[0]
+    own, data = for_model(params, model), model_dir(params, model)
+    pairs = data / "pairs"
     if not (pairs / "eval.jsonl").exists():
         raise FileNotFoundError(f"{pairs}/eval.jsonl not found: run `python -m pipelines pair` first")
     results = []
     for learning_rate, beta in grid:
-        folder = Path(own.data_dir) / "sweep" / f"{tag}lr{learning_rate:g}-beta{beta:g}"
+        folder = data / "sweep" / f"{tag}lr{learning_rate:g}-beta{beta:g}"
         if not (folder / "train_summary.json").exists():
             shutil.copytree(pairs, folder / "pairs", dirs_exist_ok=True)
             settings = own.train.model_copy(update={"algorithms": ("dpo",), "learning_rate": learning_rate,
                                                     "beta": beta})
-            train.run(own.model_copy(update={"data_dir": str(folder), "train": settings}))
+            train.run(own.model_copy(update={"train": settings}), folder)
         summary = json.loads((folder / "train_summary.json").read_text())["dpo"]
         results.append({"learning_rate": learning_rate, "beta": beta, "steps": summary["steps"],
                         "seconds": summary["seconds"], **summary["movement"]})

@@ -1,6 +1,6 @@
 """The one CLI: python -m pipelines <stage> [--dataset D] [--model M] [--params FILE] [--set key=value ...]
 
-Stages run in flow order, each reading the previous stage's output under `data_dir`:
+Stages run in flow order, each reading the previous stage's output in its partition's folder under `data_dir`:
 tasks -> generate -> attribute -> score (per dataset x model: the bank) -> pair -> train -> evaluate ->
 report -> promote (per model). Without --dataset / --model a stage runs every partition; `all` runs
 the stages in turn (the README's main job). DVC's stages and Dagster's assets call the same functions.

@@ -200,15 +200,16 @@ def attribute_generation(model, tokenizer, generation: Generation, method: str, 
                   for c, v in zip(controls, vectors[k + 1:])])
 
 
-def run(params: Params, fail_after: int | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+def run(params: Params, folder: Path, fail_after: int | None = None, shard: tuple[int, int] = (0, 1)
+        ) -> dict[str, Any]:
     """Attribute every (generation, method) not yet in the output. `fail_after` exists for crash tests.
     `shard=(i, n)` takes every n-th missing record from the i-th, so that n processes can share one slice,
-    each writing its own data_dir (which must hold the whole slice's generations: controls draw from it)."""
+    each writing its own folder (which must hold the whole slice's generations: controls draw from it)."""
     from tqdm import tqdm
 
     from pipelines.models import load_model
 
-    data = Path(params.data_dir)
+    data = folder
     source, out = data / "generations.jsonl", data / "attributions.jsonl"
     generations = [Generation.from_dict(row) for row in read_stage_input(source, "generate")]
     done = existing_ids(out)

@@ -280,7 +280,8 @@ class PromoteParams(Section):
 
 class Params(Section):
     seed: int = 42
-    data_dir: str = Field("data", description="Where every stage reads and writes its artifact.")
+    data_dir: str = Field("data", description="The root of every partition's folder: <data_dir>/<model>/ and "
+                          "<data_dir>/<model>/bank/<dataset>/ (pipelines/partitions.py).")
     model: ModelParams = ModelParams()
     models: tuple[ModelParams, ...] = Field(
         (), description="Further models whose banks are built beside `model`'s, each one a partition of the "

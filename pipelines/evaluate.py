@@ -35,19 +35,17 @@ def evaluation_tasks(params: Params) -> list[Task]:
     return chosen
 
 
-def model_params(params: Params, name: str) -> Params:
-    """The params of one evaluated model: its own data folder, the base model plus its adapter."""
-    data = Path(params.data_dir)
+def model_params(params: Params, data: Path, name: str) -> Params:
+    """The params of one evaluated model: the base model plus its adapter (from the model folder `data`)."""
     adapter = None if name == "base" else data / "models" / name / "adapter"
     if adapter is not None and not (adapter / "adapter_model.safetensors").exists():
         raise FileNotFoundError(f"adapter {adapter} not found: run `python -m pipelines train` first "
                                 f"(with '{name}' in train.algorithms)")
     return params.model_copy(update={
-        "data_dir": str(data / "evaluation" / name),
         "model": params.model.model_copy(update={"adapter": str(adapter) if adapter else None})})
 
 
-def log_evaluation(params: Params, name: str, own: Params, summary: dict[str, Any]) -> str:
+def log_evaluation(params: Params, data: Path, name: str, own: Params, summary: dict[str, Any]) -> str:
     import mlflow
 
     use_experiment(params.mlflow.tracking_uri, params.mlflow.evaluation_experiment)
@@ -55,35 +53,35 @@ def log_evaluation(params: Params, name: str, own: Params, summary: dict[str, An
         mlflow.set_tags({"model": name, "stage": "evaluate"})
         mlflow.log_params({"adapter": own.model.adapter, "tasks_per_dataset": params.evaluate.tasks_per_dataset,
                            "attribute_methods": ",".join(params.attribute.methods), "seed": params.seed})
-        train_summary = Path(params.data_dir) / "train_summary.json"
+        train_summary = data / "train_summary.json"
         if name != "base" and train_summary.exists():
             mlflow.set_tag("training_run_id", json.loads(train_summary.read_text())[name]["mlflow_run_id"])
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
         return run.info.run_id
 
 
-def run(params: Params) -> dict[str, Any]:
+def run(params: Params, data: Path) -> dict[str, Any]:
+    """Each evaluated model regenerates, attributes and scores the held-out tasks in data/evaluation/<name>/."""
     import pandas as pd
 
     tasks = evaluation_tasks(params)
     summary: dict[str, Any] = {"tasks": len(tasks), "datasets": evaluation_datasets(params), "models": {}}
     for name in params.evaluate.models:
-        own = model_params(params, name)
-        folder = Path(own.data_dir)
+        own, folder = model_params(params, data, name), data / "evaluation" / name
         write_records(folder / "tasks.jsonl", tasks)
-        generated = generate.run(own)
-        attribute.run(own)
-        score.run(own)
+        generated = generate.run(own, folder)
+        attribute.run(own, folder)
+        score.run(own, folder)
         bank = pd.read_parquet(folder / "bank.parquet")
         bank = bank[bank["kind"] == OWN]
         metrics = {"accuracy": generated["accuracy"], "decisions": generated["generations"],
                    **{f"mean_{m}": float(bank[m].mean()) for m in ("spearman", "cosine") if m in bank}}
-        base_generations = Path(params.data_dir) / "evaluation" / "base" / "generations.jsonl"
+        base_generations = data / "evaluation" / "base" / "generations.jsonl"
         if name != "base" and base_generations.exists():
             changed = changed_outputs(list(read_records(base_generations)),
                                       list(read_records(folder / "generations.jsonl")))
             metrics.update({f"changed_{k}": v for k, v in changed.items() if k.endswith("_changed")})
-        metrics["mlflow_run_id"] = log_evaluation(params, name, own, metrics)
+        metrics["mlflow_run_id"] = log_evaluation(params, data, name, own, metrics)
         summary["models"][name] = {"bank": str(folder / "bank.parquet"), **metrics}
-    write_json(Path(params.data_dir) / "evaluation" / "evaluate_summary.json", summary)
+    write_json(data / "evaluation" / "evaluate_summary.json", summary)
     return summary

@@ -158,12 +158,12 @@ def _template_digest(tokenizer) -> str:
     return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()
 
 
-def run(params: Params) -> dict[str, Any]:
+def run(params: Params, folder: Path) -> dict[str, Any]:
     from tqdm import tqdm
 
     from pipelines.models import load_model
 
-    data = Path(params.data_dir)
+    data = folder
     source, out = data / "tasks.jsonl", data / "generations.jsonl"
     tasks = [Task.from_dict(row) for row in read_stage_input(source, "tasks")]
     done = existing_ids(out)

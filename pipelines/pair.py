@@ -91,9 +91,9 @@ def read_bank(slices: list[Path]) -> tuple[list[dict[str, Any]], dict[str, dict[
     return rows, generations
 
 
-def run(params: Params, slices: list[Path] | None = None) -> dict[str, Any]:
-    """Pairs from the bank slices (default: the bank in data_dir itself) into data_dir/pairs."""
-    data = Path(params.data_dir)
+def run(params: Params, folder: Path, slices: list[Path] | None = None) -> dict[str, Any]:
+    """Pairs from the bank slices (default: the bank in `folder` itself) into folder/pairs."""
+    data = folder
     bank, generations = read_bank(slices if slices is not None else [data])
     if not bank:
         where = " + ".join(str(folder / "bank.parquet") for folder in (slices or [data]))

@@ -10,8 +10,8 @@ model, over all of that model's slices.
     data/<model>/{pairs,models,evaluation,report}/, train_summary.json, promotion.json
 
 Each stage function below takes the whole params and a partition, and calls the stage module with the
-params of that partition (its own data_dir, one dataset, one model): the CLI, DVC and Dagster all
-call these.
+params of that partition (one dataset, one model) and the partition's folder: `data_dir` is always the
+root every folder is under. The CLI, DVC and Dagster all call these.
 """
 
 from __future__ import annotations
@@ -64,16 +64,15 @@ def rejected_dir(params: Params, model: str) -> Path:
 
 
 def for_model(params: Params, model: str) -> Params:
-    """Params whose `model` is that model and whose data_dir is its folder."""
+    """Params whose `model` is that model (data_dir stays the root every partition's folder is under)."""
     chosen = next(m for m in (params.model, *params.models) if m.name == check_model(params, model))
-    return params.model_copy(update={"model": chosen, "models": (), "data_dir": str(model_dir(params, model))})
+    return params.model_copy(update={"model": chosen, "models": ()})
 
 
 def for_slice(params: Params, dataset: str, model: str) -> Params:
     own = for_model(params, model)
-    return own.model_copy(update={
-        "data_dir": str(slice_dir(params, check_dataset(params, dataset), model)),
-        "tasks": params.tasks.model_copy(update={"datasets": (dataset,)})})
+    only = params.tasks.model_copy(update={"datasets": (check_dataset(params, dataset),)})
+    return own.model_copy(update={"tasks": only})
 
 
 def _stage_functions() -> dict[str, Callable[..., dict[str, Any]]]:
@@ -89,7 +88,8 @@ def run_bank_stage(stage: str, params: Params, dataset: str, model: str) -> Stag
     artifact, folder = BY_STAGE[stage], slice_dir(params, dataset, model)
     inputs = [(ARTIFACTS[name], folder) for name in artifact.reads]
     run = _stage_functions()[stage]
-    return checked_run(artifact, params, folder, lambda: run(for_slice(params, dataset, model)), inputs,
+    own = for_slice(params, dataset, model)
+    return checked_run(artifact, params, folder, lambda: run(own, folder), inputs,
                        rejected_dir(params, model) / "bank" / dataset)
 
 
@@ -102,9 +102,9 @@ def run_model_stage(stage: str, params: Params, model: str) -> StageResult:
     run = _stage_functions()[stage]
     if stage == "pair":
         slices = [slice_dir(params, d, model) for d in params.tasks.datasets]
-        return checked_run(artifact, params, folder, lambda: run(own, slices=slices), inputs,
+        return checked_run(artifact, params, folder, lambda: run(own, folder, slices=slices), inputs,
                            rejected_dir(params, model))
-    return checked_run(artifact, params, folder, lambda: run(own), inputs, rejected_dir(params, model))
+    return checked_run(artifact, params, folder, lambda: run(own, folder), inputs, rejected_dir(params, model))
 
 
 def run_stage(stage: str, params: Params, dataset: str | None = None, model: str | None = None

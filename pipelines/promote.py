@@ -86,8 +86,8 @@ def register(params: Params, training_run_id: str, decision: Gate) -> dict[str, 
             "source": source}
 
 
-def run(params: Params) -> dict[str, Any]:
-    data = Path(params.data_dir)
+def run(params: Params, folder: Path) -> dict[str, Any]:
+    data = folder
     metrics_path, train_path = data / "report" / "metrics.json", data / "train_summary.json"
     for path, stage in ((metrics_path, "report"), (train_path, "train")):
         if not path.exists():

@@ -309,10 +309,10 @@ of its own explanations' scores against the counterfactual explanation (written 
 <th>diagnosticity AUROC</th></tr>{''.join(rows)}</table>"""
 
 
-def run(params: Params) -> dict[str, Any]:
+def run(params: Params, folder: Path) -> dict[str, Any]:
     import pandas as pd
 
-    source, folder = Path(params.data_dir) / "evaluation", Path(params.data_dir) / "report"
+    source, model_folder, folder = folder / "evaluation", folder, folder / "report"
     method = params.pair.method or params.attribute.methods[0]
     tables, trust = {}, {}
     for name in params.evaluate.models:
@@ -324,18 +324,17 @@ def run(params: Params) -> dict[str, Any]:
         rows = bank[bank["method"] == method]
         trust[name] = {"warnings": sample_warnings(rows[rows["kind"] == OWN], method),
                        **control_summary(rows, params.score.metrics, params.evaluate.bootstrap_samples, params.seed)}
-    metrics = build_metrics(params, tables) | {"trust": trust, "movement": movement(params)}
+    metrics = build_metrics(params, tables) | {"trust": trust, "movement": movement(params, model_folder)}
     write_json(folder / "metrics.json", metrics)
     write_plot_table(folder / "alignment.csv", metrics)
     (folder / "report.html").write_text(render(metrics, figures(tables, metrics)))
     return {"report": str(folder / "report.html"), "metrics": str(folder / "metrics.json")}
 
 
-def movement(params: Params) -> dict[str, Any]:
+def movement(params: Params, data: Path) -> dict[str, Any]:
     """Per fine-tune: did the policy move? Held-out reward accuracy (binomial test), margin, log-probability
     shifts and KL from training; the share of outputs that changed at evaluation. `moved` needs both a
     reward accuracy above chance at evaluate.alpha and at least one changed explanation."""
-    data = Path(params.data_dir)
     trained = json.loads((data / "train_summary.json").read_text()) if (data / "train_summary.json").exists() else {}
     evaluated = data / "evaluation" / "evaluate_summary.json"
     models = json.loads(evaluated.read_text())["models"] if evaluated.exists() else {}

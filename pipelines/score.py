@@ -142,10 +142,10 @@ def summarize(table, metrics: tuple[str, ...], samples: int = 2000, seed: int = 
     return summary
 
 
-def run(params: Params) -> dict[str, Any]:
+def run(params: Params, folder: Path) -> dict[str, Any]:
     import pandas as pd
 
-    data = Path(params.data_dir)
+    data = folder
     attributions_path, generations_path = data / "attributions.jsonl", data / "generations.jsonl"
     started = time.perf_counter()
     attributions = read_stage_input(attributions_path, "attribute")

@@ -280,8 +280,8 @@ def build_tasks(dataset: str, rows: list[dict[str, Any]], origin: dict[str, Any]
     return tasks, skipped
 
 
-def run(params: Params) -> dict[str, Any]:
-    out = Path(params.data_dir)
+def run(params: Params, folder: Path) -> dict[str, Any]:
+    out = folder
     all_tasks, summary = [], {"datasets": {}}
     for dataset in params.tasks.datasets:
         rows, origin = load_rows(dataset, params.tasks)

@@ -74,12 +74,12 @@ def train(algorithm: str, model, tokenizer, train_pairs: list[dict[str, Any]], e
     return trainer
 
 
-def run(params: Params) -> dict[str, Any]:
+def run(params: Params, folder: Path) -> dict[str, Any]:
     import mlflow
 
     from pipelines.models import load_model
 
-    data = Path(params.data_dir)
+    data = folder
     train_path, eval_path = data / "pairs" / "train.jsonl", data / "pairs" / "eval.jsonl"
     train_pairs = read_stage_input(train_path, "pair")
     eval_pairs = read_stage_input(eval_path, "pair") if eval_path.exists() else []

@@ -28,8 +28,8 @@ def params(tmp_path, tiny_model_dir, shared_datasets) -> Params:
 
 def test_pair_train_evaluate_report(params):
     for stage in (tasks, generate, attribute, score, pair, train):
-        stage.run(params)
-    summary = evaluate.run(params)
+        stage.run(params, Path(params.data_dir))
+    summary = evaluate.run(params, Path(params.data_dir))
     assert set(summary["models"]) == {"base", "dpo", "sft"} and summary["tasks"] == 4
     for name, model in summary["models"].items():
         assert model["decisions"] == 4 and 0 <= model["accuracy"] <= 1
@@ -37,7 +37,7 @@ def test_pair_train_evaluate_report(params):
     trained = {json.loads(line)["task_id"] for line in open(Path(params.data_dir) / "pairs" / "train.jsonl")}
     assert held_out and not held_out & trained
 
-    files = report.run(params)
+    files = report.run(params, Path(params.data_dir))
     metrics = json.loads(Path(files["metrics"]).read_text())
     assert metrics["domains"] == {"arc_easy": "in_domain", "codah": "shifted"}
     for name in ("base", "dpo", "sft"):
@@ -70,14 +70,15 @@ def summary_pairs(params) -> int:
 def check_promotion(params, metrics):
     """The gate on the report's intervals decides; only a passing candidate reaches the registry."""
     low = metrics["comparisons"]["dpo-base"]["all"]["alignment"]["ci95"][0]
-    refused = promote.run(params.model_copy(update={"promote": PromoteParams(min_alignment_gain=low + 0.1)}))
+    refused = promote.run(params.model_copy(update={"promote": PromoteParams(min_alignment_gain=low + 0.1)}),
+                          Path(params.data_dir))
     assert not refused["promoted"] and "alignment gain" in refused["reasons"][0]
     assert refused["alignment_gain_ci95"][0] == pytest.approx(low)
     client = mlflow.MlflowClient(params.mlflow.tracking_uri)
     assert not client.search_registered_models()
 
     lenient = PromoteParams(min_alignment_gain=low - 0.1, accuracy_tolerance=1.0)
-    promoted = promote.run(params.model_copy(update={"promote": lenient}))
+    promoted = promote.run(params.model_copy(update={"promote": lenient}), Path(params.data_dir))
     assert promoted["promoted"] and promoted["version"] == 1 and promoted["alias"] == "champion"
     champion = client.get_model_version_by_alias(promoted["registered_model"], "champion")
     training = json.loads((Path(params.data_dir) / "train_summary.json").read_text())["dpo"]["mlflow_run_id"]
@@ -89,6 +90,6 @@ def check_promotion(params, metrics):
 
 def test_report_and_evaluate_say_what_to_run_first(params):
     with pytest.raises(FileNotFoundError, match="run `python -m pipelines evaluate` first"):
-        report.run(params)
+        report.run(params, Path(params.data_dir))
     with pytest.raises(FileNotFoundError, match="run `python -m pipelines train` first"):
-        evaluate.model_params(params, "dpo")
+        evaluate.model_params(params, Path(params.data_dir), "dpo")

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 
@@ -68,14 +69,15 @@ def test_empty_bank_and_bank_without_usable_pairs_are_clear_errors(tmp_path):
 
     params = Params.model_validate({"data_dir": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match="run `python -m pipelines score` first"):
-        pair.run(params)
+        pair.run(params, Path(params.data_dir))
     pd.DataFrame(columns=["generation_id", "method", "explanation_index", "spearman", "explanation"]).to_parquet(
         tmp_path / "bank.parquet")
     with pytest.raises(ValueError, match="bank.parquet is empty"):
-        pair.run(params)
+        pair.run(params, Path(params.data_dir))
     pd.DataFrame(bank_rows("a", [0.2, 0.2]) + bank_rows("b", [0.5, NAN])).to_parquet(tmp_path / "bank.parquet")
     write_records(tmp_path / "generations.jsonl", [generation("a", "train"), generation("b", "train")])
     with pytest.raises(ValueError, match=r"no usable training pairs \(\{'tie': 1, 'fewer than two scored"):
-        pair.run(params)
+        pair.run(params, Path(params.data_dir))
     with pytest.raises(ValueError, match="no 'lig' attributions"):
-        pair.run(params.model_copy(update={"pair": params.pair.model_copy(update={"method": "lig"})}))
+        pair.run(params.model_copy(update={"pair": params.pair.model_copy(update={"method": "lig"})}),
+                 Path(params.data_dir))

@@ -32,10 +32,10 @@ def params(tmp_path, tiny_model_dir, shared_datasets) -> Params:
 
 
 def test_stages_write_a_bank_pandas_reads(params):
-    assert tasks.run(params)["tasks"] == 6
-    assert generate.run(params)["generations"] == 6
-    assert attribute.run(params)["attributions"] == 12
-    summary = score.run(params)
+    assert tasks.run(params, Path(params.data_dir))["tasks"] == 6
+    assert generate.run(params, Path(params.data_dir))["generations"] == 6
+    assert attribute.run(params, Path(params.data_dir))["attributions"] == 12
+    summary = score.run(params, Path(params.data_dir))
     bank = pd.read_parquet(f"{params.data_dir}/bank.parquet")
     own = bank[bank["kind"] == "own"]
     assert len(own) == 6 * 2 * 2  # decisions x explanations x methods
@@ -68,16 +68,16 @@ def test_stages_write_a_bank_pandas_reads(params):
 
 
 def test_attribute_resumes_after_a_crash_with_every_record_once(params):
-    tasks.run(params)
-    generate.run(params)
+    tasks.run(params, Path(params.data_dir))
+    generate.run(params, Path(params.data_dir))
     out = Path(params.data_dir) / "attributions.jsonl"
     with pytest.raises(RuntimeError, match="injected failure"):
-        attribute.run(params, fail_after=5)
+        attribute.run(params, Path(params.data_dir), fail_after=5)
     first = list(read_records(out))
     assert len(first) == 5
     with open(out, "a") as handle:  # a kill in the middle of a write leaves a torn line
         handle.write('{"id": "arc_challenge/x/li')
-    summary = attribute.run(params)
+    summary = attribute.run(params, Path(params.data_dir))
     rows = list(read_records(out))
     assert summary["new"] == 7 and len(rows) == 12
     assert len({r["id"] for r in rows}) == 12
@@ -86,7 +86,7 @@ def test_attribute_resumes_after_a_crash_with_every_record_once(params):
     Path(uninterrupted.data_dir).mkdir()
     for name in ("tasks.jsonl", "generations.jsonl"):
         (Path(uninterrupted.data_dir) / name).write_bytes((Path(params.data_dir) / name).read_bytes())
-    attribute.run(uninterrupted)
+    attribute.run(uninterrupted, Path(uninterrupted.data_dir))
     assert (Path(uninterrupted.data_dir) / "attributions.jsonl").read_bytes() == out.read_bytes()
 
 
@@ -95,39 +95,40 @@ def test_sharded_attribute_merges_to_the_file_one_process_writes(params, tmp_pat
     spec = importlib.util.spec_from_file_location("attribute_shard", ROOT / "experiments" / "attribute_shard.py")
     sharding = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sharding)
-    tasks.run(params)
-    generate.run(params)
+    tasks.run(params, Path(params.data_dir))
+    generate.run(params, Path(params.data_dir))
     data = Path(params.data_dir)
     files = []
     for index in range(2):
         shard = params.model_copy(update={"data_dir": str(tmp_path / f"shard-{index}")})
         Path(shard.data_dir).mkdir()
         (Path(shard.data_dir) / "generations.jsonl").write_bytes((data / "generations.jsonl").read_bytes())
-        assert attribute.run(shard, shard=(index, 2))["new"] == 6  # 6 generations x 2 methods, halved
+        # 6 generations x 2 methods, halved
+        assert attribute.run(shard, Path(shard.data_dir), shard=(index, 2))["new"] == 6
         files.append(str(Path(shard.data_dir) / "attributions.jsonl"))
-    attribute.run(params)
+    attribute.run(params, Path(params.data_dir))
     merged = tmp_path / "merged.jsonl"
     sharding.merge(argparse.Namespace(into=str(merged), order=str(data / "generations.jsonl"), shards=files))
     assert merged.read_bytes() == (data / "attributions.jsonl").read_bytes()
 
 
 def test_generate_skips_tasks_already_written(params):
-    tasks.run(params)
-    first = generate.run(params)
-    again = generate.run(params)
+    tasks.run(params, Path(params.data_dir))
+    first = generate.run(params, Path(params.data_dir))
+    again = generate.run(params, Path(params.data_dir))
     assert first["new"] == 6 and again["new"] == 0 and again["generations"] == 6
 
 
 def test_missing_input_says_what_to_run_first(params):
     with pytest.raises(FileNotFoundError, match="run `python -m pipelines tasks` first"):
-        generate.run(params)
+        generate.run(params, Path(params.data_dir))
     with pytest.raises(FileNotFoundError, match="run `python -m pipelines generate` first"):
-        attribute.run(params)
+        attribute.run(params, Path(params.data_dir))
 
 
 def test_empty_explanation_is_kept_with_a_zero_vector_and_undefined_metrics(params, tiny_model, tokenizer):
-    tasks.run(params)
-    generate.run(params)
+    tasks.run(params, Path(params.data_dir))
+    generate.run(params, Path(params.data_dir))
     row = next(read_records(Path(params.data_dir) / "generations.jsonl"))
     generation = Generation.from_dict({**row, "explanations": ["", row["explanations"][1]],
                                        "explanation_ids": [[], row["explanation_ids"][1]]})
@@ -153,17 +154,17 @@ def test_unknown_baseline_and_mismatched_vectors_are_clear_errors(tokenizer):
 
 
 def test_released_code_modes_run_through_attribute_and_score(params):
-    tasks.run(params)
-    generate.run(params)
+    tasks.run(params, Path(params.data_dir))
+    generate.run(params, Path(params.data_dir))
     compat = params.model_copy(update={"attribute": params.attribute.model_copy(
         update={"target": "first_position", "features": "string_aligned", "methods": ("feature_ablation",)})})
-    attribute.run(compat)
+    attribute.run(compat, Path(compat.data_dir))
     rows = list(read_records(Path(params.data_dir) / "attributions.jsonl"))
     for row in rows:
         assert (row["target"], row["features"]) == ("first_position", "string_aligned")
         assert all(len(t) > len(row["feature_tokens"]) for t in row["explanation_feature_tokens"])  # whole prompts
         assert row["model"]["source"] == "local"
-    score.run(compat)
+    score.run(compat, Path(compat.data_dir))
     bank = pd.read_parquet(Path(params.data_dir) / "bank.parquet")
     assert (bank["kind"] == "own").sum() == 12 and (bank["n_features"] == bank["feature_tokens"].map(len)).all()
     assert (bank["n_features"] == bank["decision_vector"].map(len)).all()

@@ -2,6 +2,7 @@
 adapter that loads back and generates."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -38,7 +39,7 @@ def params(tmp_path, tiny_model_dir) -> Params:
 
 
 def test_dpo_and_sft_log_to_mlflow_and_save_loadable_adapters(params, tiny_model_dir, tokenizer):
-    summary = train.run(params)
+    summary = train.run(params, Path(params.data_dir))
     client = mlflow.MlflowClient(params.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(params.mlflow.training_experiment)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
@@ -75,10 +76,10 @@ def test_dpo_and_sft_log_to_mlflow_and_save_loadable_adapters(params, tiny_model
 def test_training_without_pairs_says_what_to_run(params, tmp_path):
     empty = params.model_copy(update={"data_dir": str(tmp_path / "elsewhere")})
     with pytest.raises(FileNotFoundError, match="run `python -m pipelines pair` first"):
-        train.run(empty)
+        train.run(empty, Path(empty.data_dir))
     write_records(tmp_path / "elsewhere" / "pairs" / "train.jsonl", [])
     with pytest.raises(ValueError, match="holds no pairs"):
-        train.run(empty)
+        train.run(empty, Path(empty.data_dir))
 
 
 def test_training_resumes_from_its_last_checkpoint(params, tmp_path, tiny_model, tokenizer):
