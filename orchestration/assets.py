@@ -1,6 +1,7 @@
 """The pipeline's artifacts as Dagster assets. Each one calls its stage in pipelines/partitions.py (the
-function the CLI and `dvc repro` call), records what it built as metadata, runs its blocking Great
-Expectations check, and records the partition in dvc.lock."""
+function the CLI and `dvc repro` call, which validates the stage's inputs and output), records what it
+built as metadata, reports that validation as its blocking Great Expectations check, and records the
+partition in dvc.lock."""
 
 from __future__ import annotations
 
