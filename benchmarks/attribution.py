@@ -65,8 +65,15 @@ def stock_input(tokenizer, sequence):
 
 def stock_attribution(model, tokenizer, method, sequence, params, forward_in_tokens=False, seed=11) -> np.ndarray:
     from captum._utils.models.linear_model import SkLearnLasso
-    from captum.attr import (FeatureAblation, KernelShap, LayerGradientXActivation, LayerIntegratedGradients, Lime,
-                             LLMAttribution, LLMGradientAttribution)
+    from captum.attr import (
+        FeatureAblation,
+        KernelShap,
+        LayerGradientXActivation,
+        LayerIntegratedGradients,
+        Lime,
+        LLMAttribution,
+        LLMGradientAttribution,
+    )
 
     inp, target = stock_input(tokenizer, sequence), torch.tensor(sequence.target_ids)
     torch.manual_seed(seed)
@@ -106,8 +113,8 @@ def peak_throughput(model, length: int, batch_sizes: list[int], repeats: int = 2
 
 
 def build_sequences(tokenizer, task, explanation_lengths: list[int]):
-    from pipelines.layout import record_sequences
-    from pipelines.prompts import decision_conversation, explanation_conversation
+    from pipelines.attribution.layout import record_sequences
+    from pipelines.core.prompts import decision_conversation, explanation_conversation
 
     answer = next(c for c in task.choices if c.label == task.answer_label)
     decision = f"{answer.label}) {answer.text}"
@@ -119,8 +126,8 @@ def build_sequences(tokenizer, task, explanation_lengths: list[int]):
 
 
 def single_cases(model, tokenizer, counter, cases, methods, params, stock_token_limit, peak) -> list[dict]:
-    from pipelines.attribute import attribute_sequence
-    from pipelines.config import PERTURBATION_METHODS
+    from pipelines.attribution.catalog import PERTURBATION_METHODS
+    from pipelines.attribution.engine import attribute_sequence
 
     rows = []
     for method in methods:
@@ -158,8 +165,8 @@ def record_cases(model, tokenizer, counter, record, methods, params, peak) -> li
     """Whole records: ours with independent masks (the default: the decision's own samples, 12; the
     explanations', 11), ours with one shared set, stock Captum per target with the same seeds, and the
     released code's first-position approximation."""
-    from pipelines.attribute import attribute_record, attribute_sequence
-    from pipelines.config import PERTURBATION_METHODS, SAMPLING_METHODS
+    from pipelines.attribution.catalog import PERTURBATION_METHODS, SAMPLING_METHODS
+    from pipelines.attribution.engine import attribute_record, attribute_sequence
 
     rows = []
     for method in [m for m in methods if m in PERTURBATION_METHODS]:
@@ -233,7 +240,7 @@ def run(model, tokenizer, task, params, methods, lengths=(40, 200), record_expla
             "max_relative_difference_to_exact": relative_difference(values, exact)}
     if lime_500 and "lime" in methods:
         run_params = params.model_copy(update={"methods": ("lime",), "n_samples": 500})
-        from pipelines.attribute import attribute_record
+        from pipelines.attribution.engine import attribute_record
 
         seconds, _, _ = counter.measure(lambda: attribute_record(model, record, "lime", run_params, 0, (12, 11)))
         stock_50 = next(r["stock_seconds"] for r in results["record"] if r["method"] == "lime")
@@ -257,9 +264,9 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from pipelines.config import AttributeParams, ModelParams, TasksParams
-    from pipelines.models import load_model
-    from pipelines.tasks import build_tasks, load_rows
+    from pipelines.core.config import AttributeParams, ModelParams, TasksParams
+    from pipelines.core.models import load_model
+    from pipelines.stages.tasks import build_tasks, load_rows
 
     model_params = ModelParams(device=args.device, **({"id": args.model} if args.model else {}))
     model, tokenizer, identity = load_model(model_params)

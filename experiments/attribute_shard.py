@@ -21,13 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.__main__ import parse_overrides  # noqa: E402
-from pipelines.config import load_params  # noqa: E402
-from pipelines.partitions import for_slice, model_names, slice_dir  # noqa: E402
-from pipelines.records import read_records, write_records  # noqa: E402
+from pipelines.core.config import load_params  # noqa: E402
+from pipelines.core.partitions import for_slice, model_names, slice_dir  # noqa: E402
+from pipelines.core.records import read_records, write_records  # noqa: E402
 
 
 def run_shard(args) -> None:
-    from pipelines import attribute
+    from pipelines.stages import attribute
 
     overrides = {**parse_overrides(args.set), "data_dir": args.data_dir}
     params = load_params(args.params, overrides)

@@ -6,7 +6,7 @@
 For the first `--decisions` generations of the params' bank (split evenly over its slices, in file
 order), each sampling method and each n_samples in --samples: independent masks under two params seeds
 (seed, seed + 1) and shared masks under the first; `--large-decisions` of them also at the largest n.
-Every attribution goes through `pipelines.attribute.attribute_record`, the bank's own code path, with
+Every attribution goes through `pipelines.attribution.engine.attribute_record`, the bank's own code path, with
 no controls. One JSON line per run in runs*.jsonl under --out, so an interrupted study resumes, and
 `--shard i/N` splits the work over N processes (one file each).
 
@@ -30,14 +30,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.config import SAMPLING_METHODS, load_params  # noqa: E402
-from pipelines.controls import bootstrap_ci  # noqa: E402
-from pipelines.metrics import spearman  # noqa: E402
-from pipelines.partitions import model_names, slice_dir  # noqa: E402
-from pipelines.records import Appender, Generation, read_records  # noqa: E402
+from pipelines.analysis.controls import bootstrap_ci  # noqa: E402
+from pipelines.analysis.metrics import spearman  # noqa: E402
+from pipelines.attribution.catalog import SAMPLING_METHODS  # noqa: E402
+from pipelines.core.config import load_params  # noqa: E402
+from pipelines.core.partitions import model_names, slice_dir  # noqa: E402
+from pipelines.core.records import Appender, Generation, read_records  # noqa: E402
 
 RESULTS = Path("experiments/results/convergence")
-ICC_STABLE = 0.5  # the level STABLE_SAMPLES_PER_FEATURE in pipelines/score.py takes from this study
+ICC_STABLE = 0.5  # the level STABLE_SAMPLES_PER_FEATURE in pipelines/stages/score.py takes from this study
 # below this many decisions a row is listed but labelled, and never names a stable level: a bootstrap over
 # a handful of decisions gives intervals that mean nothing
 MIN_DECISIONS = 10
@@ -67,10 +68,14 @@ def work_items(generations, samples, large_decisions, methods):
 
 
 def run_study(args) -> None:
-    from pipelines.attribute import attribute_record, baseline_token_id, record_seeds
-    from pipelines.layout import record_sequences
-    from pipelines.models import load_model
-    from pipelines.prompts import decision_conversation, explanation_conversation
+    from pipelines.attribution.engine import (
+        attribute_record,
+        baseline_token_id,
+        record_seeds,
+    )
+    from pipelines.attribution.layout import record_sequences
+    from pipelines.core.models import load_model
+    from pipelines.core.prompts import decision_conversation, explanation_conversation
 
     params = load_params(args.params)
     out = Path(args.out)

@@ -24,12 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.config import load_params  # noqa: E402
-from pipelines.controls import OWN, bootstrap_ci, decision_aurocs  # noqa: E402
-from pipelines.partitions import model_names, slice_dir  # noqa: E402
-from pipelines.stats import equivalence, paired_difference  # noqa: E402
-
 from measurement import write_results  # noqa: E402  (experiments/ is on sys.path when run as a script)
+
+from pipelines.analysis.controls import OWN, bootstrap_ci, decision_aurocs  # noqa: E402
+from pipelines.analysis.stats import equivalence, paired_difference  # noqa: E402
+from pipelines.core.config import load_params  # noqa: E402
+from pipelines.core.partitions import model_names, slice_dir  # noqa: E402
 
 RESULTS = Path("experiments/results/findings")
 

@@ -5,7 +5,7 @@
 
 The score stage summarises one slice (dataset) at a time; this pools the slices, so each method's figures
 cover every decision of the study, and lists them per dataset beside it. The same functions as the score
-summary and the report (pipelines/controls.py): means over decisions, bootstrap 95% CIs over decisions.
+summary and the report (pipelines/analysis/controls.py): means over decisions, bootstrap 95% CIs over decisions.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.config import load_params  # noqa: E402
-from pipelines.controls import OWN, control_summary  # noqa: E402
-from pipelines.partitions import model_names, slice_dir  # noqa: E402
-from pipelines.score import spread  # noqa: E402
+from pipelines.analysis.controls import OWN, control_summary  # noqa: E402
+from pipelines.core.config import load_params  # noqa: E402
+from pipelines.core.partitions import model_names, slice_dir  # noqa: E402
+from pipelines.stages.score import spread  # noqa: E402
 
 RESULTS = Path("experiments/results/measurement")
 

@@ -3,8 +3,8 @@
     python experiments/sweep.py --params experiments/powered.yaml [--grid 5e-6:5,2e-5:5,2e-5:1,1e-4:1]
     # <model>/pairs -> <model>/sweep/<lr>-<beta>/ (one DPO fine-tune each, MLflow runs) -> experiments/results/<name>/sweep.{json,md}
 
-Each candidate is the train stage itself (pipelines/train.py) in its own folder, so it resumes and logs
-like any fine-tune; its held-out movement (pipelines/movement.py) ranks it: reward accuracy on the eval
+Each candidate is the train stage itself (pipelines/stages/train.py) in its own folder, so it resumes and logs
+like any fine-tune; its held-out movement (pipelines/analysis/movement.py) ranks it: reward accuracy on the eval
 pairs, then the reward margin. The winner's values are printed as --set overrides for the train stage.
 The eval pairs pick the configuration, so the evaluation that follows uses test tasks only (never paired).
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.__main__ import parse_overrides  # noqa: E402
-from pipelines.config import load_params  # noqa: E402
-from pipelines.partitions import for_model, model_dir, model_names  # noqa: E402
+from pipelines.core.config import load_params  # noqa: E402
+from pipelines.core.partitions import for_model, model_dir, model_names  # noqa: E402
 
 
 def candidates(grid: str) -> list[tuple[float, float]]:
@@ -29,7 +29,7 @@ def candidates(grid: str) -> list[tuple[float, float]]:
 
 
 def run_sweep(params, grid: list[tuple[float, float]], tag: str = "") -> dict:
-    from pipelines import train
+    from pipelines.stages import train
 
     model = model_names(params)[0]
     own, data = for_model(params, model), model_dir(params, model)

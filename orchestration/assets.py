@@ -1,4 +1,4 @@
-"""The pipeline's artifacts as Dagster assets. Each one calls its stage in pipelines/partitions.py (the
+"""The pipeline's artifacts as Dagster assets. Each one calls its stage in pipelines/core/partitions.py (the
 function the CLI and `dvc repro` call, which validates the stage's inputs and output), records what it
 built as metadata, reports that validation as its blocking Great Expectations check, and records the
 partition in dvc.lock."""
@@ -16,10 +16,10 @@ import dagster as dg
 
 from orchestration import checks
 from orchestration.resources import DvcLock, MlflowTracking, PscbParams
-from pipelines.artifacts import ARTIFACTS, ArtifactInvalid, StageResult
-from pipelines.config import Params, ParamsError
-from pipelines.partitions import model_dir, model_names, run_bank_stage, run_model_stage, slice_dir
-from pipelines.records import sha256
+from pipelines.core.artifacts import ARTIFACTS, ArtifactInvalid, StageResult
+from pipelines.core.config import Params, ParamsError
+from pipelines.core.partitions import model_dir, model_names, run_bank_stage, run_model_stage, slice_dir
+from pipelines.core.records import sha256
 
 # asset -> DVC stage (dvc.yaml): the two graphs are the same graph (tests/test_dvc.py)
 ASSET_STAGES = {name: artifact.stage for name, artifact in ARTIFACTS.items()}

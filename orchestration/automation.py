@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from orchestration.assets import BANK_GROUP, MODEL_GROUP, bank_partitions, model_partitions
-from pipelines.config import Params
+from pipelines.core.config import Params
 
 
 def build_jobs(params: Params) -> tuple[dg.UnresolvedAssetJobDefinition, dg.UnresolvedAssetJobDefinition]:

@@ -11,7 +11,7 @@ import dagster as dg
 from orchestration.assets import build_assets
 from orchestration.automation import build_automation_sensor, build_jobs, build_schedule
 from orchestration.resources import DvcLock, MlflowTracking, PscbParams
-from pipelines.config import load_params
+from pipelines.core.config import load_params
 
 
 def build_definitions(params_path: str = "params.yaml", repo: str = ".") -> dg.Definitions:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.config import Params, load_params
+from pipelines.core.config import Params, load_params
 
 
 class PscbParams(dg.ConfigurableResource):

@@ -21,8 +21,8 @@ import dagster as dg
 
 from orchestration.assets import bank_partitions, model_partitions
 from orchestration.definitions import build_definitions
-from pipelines.config import load_params
-from pipelines.partitions import model_dir
+from pipelines.core.config import load_params
+from pipelines.core.partitions import model_dir
 
 
 def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("DAGSTER_HOME"):
         print("error: set DAGSTER_HOME (make run uses .dagster, the instance `make ui` shows)", file=sys.stderr)
         return 2
-    from pipelines.config import ParamsError
+    from pipelines.core.config import ParamsError
 
     try:
         return 0 if materialize_all(args.params) else 1

@@ -16,7 +16,7 @@ import time
 
 import yaml
 
-from pipelines.partitions import STAGES
+from pipelines.core.partitions import STAGES
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from pipelines.config import ParamsError, load_params
-    from pipelines.partitions import model_dir, run_stage, slice_dir
-    from pipelines.tasks import BadRowError
+    from pipelines.core.config import ParamsError, load_params
+    from pipelines.core.partitions import model_dir, run_stage, slice_dir
+    from pipelines.stages.tasks import BadRowError
 
     try:
         params = load_params(args.params, parse_overrides(args.set))

@@ -2,7 +2,7 @@
 
     python scripts/make_test_datasets.py [--source ../shared/datasets] [--rows 60]
 
-The first `rows` rows of each file the local loader reads (pipelines/tasks.py), in the same layouts, so
+The first `rows` rows of each file the local loader reads (pipelines/stages/tasks.py), in the same layouts, so
 `tasks.source: local` works on them unchanged. ECQA's train split is its author ids looked up in
 CommonsenseQA, so the CommonsenseQA train subset also holds the rows of the kept ECQA train ids.
 Rerunning it reproduces the committed files byte for byte (tests/data/datasets/SHA256SUMS)."""

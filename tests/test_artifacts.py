@@ -1,13 +1,21 @@
-"""The checked run every entry point shares (pipelines/artifacts.py): inputs validated before a stage runs,
+"""The checked run every entry point shares (pipelines/core/artifacts.py): inputs validated before a stage runs,
 its output after; a failed output is set aside and the previous one restored, with one message naming
 the file, the expectation and the row."""
 
+import json
+
 import pytest
 
-from pipelines.artifacts import ARTIFACTS, ArtifactInvalid, checked_run
-from pipelines.config import Params
-from pipelines.records import write_records
-from tests.test_quality import make_task
+from pipelines.core.artifacts import ARTIFACTS, ArtifactInvalid, check, checked_run
+from pipelines.core.config import Params
+from pipelines.core.records import (
+    Appender,
+    repair_tail,
+    to_dict,
+    torn_tail,
+    write_records,
+)
+from tests.test_quality import K, make_generation, make_task
 
 TASKS = ARTIFACTS["raw_tasks"]
 
@@ -53,3 +61,65 @@ def test_a_bad_input_stops_the_stage_before_it_runs(tmp_path):
         checked_run(ARTIFACTS["generations"], Params(), folder, lambda: ran.append(1) or {}, [(TASKS, folder)],
                     tmp_path / "rejected")
     assert not ran and (folder / "tasks.jsonl").exists()  # an input is never moved
+
+
+GENERATIONS = ARTIFACTS["generations"]
+
+
+def task_numbered(n: int):
+    task = make_task(n % 4)
+    task.id = f"arc_easy/q{n}"
+    return task
+
+
+def append_generations(folder, numbers, bad: int | None = None, torn: bytes = b"") -> bytes:
+    with Appender(folder / "generations.jsonl") as sink:
+        for n in numbers:
+            generation = make_generation(task_numbered(n))
+            if n == bad:
+                generation.answer_label = "Z"  # not one of its choices
+            sink.write(generation)
+    with open(folder / "generations.jsonl", "ab") as handle:
+        handle.write(torn)  # the line a crashed run was writing
+    return (folder / "generations.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("torn", [b"", b'{"id": "arc_easy/q9", "ta'])
+def test_an_appended_output_is_cut_back_to_its_previous_bytes(tmp_path, torn):
+    """generate and attribute append: the previous output is kept as its length (and torn tail), not a copy."""
+    folder, rejected = tmp_path / "arc_easy", tmp_path / "rejected"
+    folder.mkdir()
+    params = Params().model_copy(update={"generate": Params().generate.model_copy(update={"n_explanations": K})})
+    before = append_generations(folder, range(3), torn=torn)
+    with pytest.raises(ArtifactInvalid, match="rows arc_easy/q4"):
+        checked_run(GENERATIONS, params, folder, lambda: {"new": append_generations(folder, (3, 4), bad=4)}, [],
+                    rejected)
+    assert (folder / "generations.jsonl").read_bytes() == before
+    assert len((rejected / "generations.jsonl").read_bytes().splitlines()) == 5
+    assert not (rejected / ".previous" / "generations").exists()
+
+
+def test_files_that_passed_are_not_validated_again_until_they_change(tmp_path):
+    folder = tmp_path / "arc_easy"
+    folder.mkdir()
+    write_tasks(folder)
+    first = check(TASKS, Params(), folder)
+    assert check(TASKS, Params(), folder) is first  # the same reports: no second validation
+    with open(folder / "tasks.jsonl", "a") as handle:  # a changed file is validated afresh
+        bad = task_numbered(7)
+        bad.answer_label = "Z"
+        handle.write(json.dumps(to_dict(bad)) + "\n")
+    with pytest.raises(ArtifactInvalid, match="rows arc_easy/q7"):
+        check(TASKS, Params(), folder)
+
+
+@pytest.mark.parametrize("chunk", [3, 2**16])
+def test_torn_tail_reads_back_to_the_last_newline(tmp_path, chunk):
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b'{"id": 1}\n{"id": 2}\n{"id": 3, "te')
+    assert torn_tail(path, chunk) == b'{"id": 3, "te'
+    path.write_bytes(b"no newline at all")
+    assert torn_tail(path, chunk) == b"no newline at all"
+    repair_tail(path)
+    assert path.read_bytes() == b""
+

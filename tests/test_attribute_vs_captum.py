@@ -8,18 +8,25 @@ Features = the templated prompt's non-special tokens, which TextTokenInput expre
 
 import copy
 
+import captum.attr
 import numpy as np
 import pytest
 import torch
 from captum._utils.models.linear_model import SkLearnLasso
-from captum.attr import (FeatureAblation, KernelShap, LayerGradientXActivation, LayerIntegratedGradients, Lime,
-                         LLMAttribution, LLMGradientAttribution, TextTokenInput)
+from captum.attr import (
+    LayerIntegratedGradients,
+    Lime,
+    LLMAttribution,
+    LLMGradientAttribution,
+    TextTokenInput,
+)
 
-from pipelines.attribute import attribute_sequence
-from pipelines.config import AttributeParams
-from pipelines.layout import Sequence, render
-from pipelines.prompts import decision_conversation
-from pipelines.records import Choice, Task
+from pipelines.attribution.catalog import METHODS as TABLE
+from pipelines.attribution.engine import attribute_sequence
+from pipelines.attribution.layout import Sequence, render
+from pipelines.core.config import AttributeParams
+from pipelines.core.prompts import decision_conversation
+from pipelines.core.records import Choice, Task
 
 # Tolerance: 1e-4 relative, elementwise, plus 1e-4 of the largest |attribution| (a feature-ablation
 # value is a difference of two log-probabilities, so float32 rounding of the totals, ~1e-6 relative,
@@ -31,19 +38,19 @@ TASK = Task("t", "arc_easy", "train", "Which gas do plants absorb?",
 
 
 def stock(model, tokenizer, method, text, target, baseline, n_samples, steps):
+    """Captum's own LLM attribution with the algorithm the method table names for `method`."""
     inp = TextTokenInput(text, tokenizer, baselines=baseline, skip_tokens=list(tokenizer.all_special_ids))
     target = torch.tensor(target)
     torch.manual_seed(7)
-    if method == "lig":
-        algorithm = LLMGradientAttribution(LayerIntegratedGradients(model, model.get_input_embeddings()), tokenizer)
-        return inp, algorithm.attribute(inp, target=target, n_steps=steps).seq_attr
-    if method == "input_x_gradient":
-        algorithm = LLMGradientAttribution(LayerGradientXActivation(model, model.get_input_embeddings()), tokenizer)
-        return inp, algorithm.attribute(inp, target=target).seq_attr
-    algorithm = {"lime": lambda: Lime(model, interpretable_model=SkLearnLasso(alpha=0.01)),
-                 "kernel_shap": lambda: KernelShap(model), "feature_ablation": lambda: FeatureAblation(model)}[method]()
-    kwargs = {} if method == "feature_ablation" else {"n_samples": n_samples}
-    result = LLMAttribution(algorithm, tokenizer).attribute(inp, target=target, forward_in_tokens=False, **kwargs)
+    algorithm_class = getattr(captum.attr, TABLE[method].captum)
+    if TABLE[method].family == "gradient":
+        algorithm = LLMGradientAttribution(algorithm_class(model, model.get_input_embeddings()), tokenizer)
+        options = {"n_steps": steps} if algorithm_class is LayerIntegratedGradients else {}
+        return inp, algorithm.attribute(inp, target=target, **options).seq_attr
+    algorithm = algorithm_class(model, interpretable_model=SkLearnLasso(alpha=0.01)) if algorithm_class is Lime \
+        else algorithm_class(model)
+    options = {"n_samples": n_samples} if TABLE[method].samples else {}
+    result = LLMAttribution(algorithm, tokenizer).attribute(inp, target=target, forward_in_tokens=False, **options)
     return inp, result.seq_attr
 
 
@@ -61,7 +68,7 @@ def compare(model, tokenizer, method, target_text, n_samples, steps, rtol=RTOL, 
     np.testing.assert_allclose(ours, reference, rtol=rtol, atol=atol * np.abs(reference).max())
 
 
-METHODS = ["feature_ablation", "lime", "kernel_shap", "lig", "input_x_gradient"]
+METHODS = list(TABLE)  # every method of the table, against the Captum algorithm it names
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +89,8 @@ def test_equals_stock_captum_on_smollm2(smollm2, tokenizer, method):
 
 
 def record_sequences_of(tokenizer, explanations):
-    from pipelines.layout import record_sequences
-    from pipelines.prompts import explanation_conversation
+    from pipelines.attribution.layout import record_sequences
+    from pipelines.core.prompts import explanation_conversation
 
     decision = "B) carbon dioxide"
     return record_sequences(
@@ -96,7 +103,7 @@ def record_sequences_of(tokenizer, explanations):
 @pytest.mark.parametrize("method", ["feature_ablation", "lime", "kernel_shap"])
 def test_record_path_equals_one_attribution_per_target_with_its_seed(tiny_model_fp64, tokenizer, method, masks):
     """Stock-equivalent per target: the decision with its own seed, every explanation with the shared one."""
-    from pipelines.attribute import attribute_record, record_seeds
+    from pipelines.attribution.engine import attribute_record, record_seeds
 
     sequences = record_sequences_of(tokenizer, ["Plants use it for photosynthesis.", "It is what leaves take in.", ""])
     params = AttributeParams(methods=(method,), n_samples=30, batch_size=8, masks=masks)
@@ -112,7 +119,7 @@ def test_record_path_equals_one_attribution_per_target_with_its_seed(tiny_model_
 
 
 def test_independent_masks_differ_from_shared_for_the_decision_only(tiny_model_fp64, tokenizer):
-    from pipelines.attribute import attribute_record, record_seeds
+    from pipelines.attribution.engine import attribute_record, record_seeds
 
     sequences = record_sequences_of(tokenizer, ["Plants use it for photosynthesis."])
     params = AttributeParams(methods=("lime",), n_samples=30, batch_size=8)
@@ -125,8 +132,8 @@ def test_independent_masks_differ_from_shared_for_the_decision_only(tiny_model_f
 
 @pytest.mark.parametrize("method", ["lime", "lig"])
 def test_memory_budget_changes_batching_not_values(tiny_model_fp64, tokenizer, method):
-    from pipelines.attribute import batch_rows
-    from pipelines.layout import first_user_message_positions
+    from pipelines.attribution.engine import batch_rows
+    from pipelines.attribution.layout import first_user_message_positions
 
     prompt, positions = first_user_message_positions(tokenizer, decision_conversation(TASK))
     sequence = Sequence(prompt, tokenizer(" carbon dioxide", add_special_tokens=False).input_ids, positions)

@@ -2,8 +2,8 @@
 
 import sys
 
-from pipelines.config import AttributeParams
-from pipelines.records import Choice, Task
+from pipelines.core.config import AttributeParams
+from pipelines.core.records import Choice, Task
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))

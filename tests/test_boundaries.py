@@ -17,7 +17,7 @@ def test_cli_import_is_light():
     import subprocess
     import sys
 
-    code = "import sys, pipelines.__main__, pipelines.config; print(sorted(m for m in ('torch', 'transformers', 'captum') if m in sys.modules))"
+    code = "import sys, pipelines.__main__, pipelines.core.config; print(sorted(m for m in ('torch', 'transformers', 'captum') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "[]"
     assert Path(REPO / "params.yaml").exists()

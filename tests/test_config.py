@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.config import Params, ParamsError, load_params
+from pipelines.core.config import Params, ParamsError, load_params
 from tests.conftest import REPO
 
 

@@ -7,10 +7,17 @@ import pytest
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import roc_auc_score
 
-from pipelines.attribute import control_targets, record_seeds
-from pipelines.controls import auroc, bootstrap_ci, control_summary, diagnosticity, null_floor
-from pipelines.records import Choice, Generation, Task
-from pipelines.seeds import derive_seed
+from pipelines.analysis.controls import (
+    auroc,
+    bootstrap_ci,
+    control_summary,
+    diagnosticity,
+    null_floor,
+)
+from pipelines.attribution.engine import record_seeds
+from pipelines.core.records import Choice, Generation, Task
+from pipelines.core.seeds import derive_seed
+from pipelines.stages.attribute import control_targets
 
 
 def test_seeds_depend_on_the_draw_only():
@@ -103,8 +110,8 @@ def test_controls_are_chosen_by_identity_not_by_order():
 
 
 def test_counterfactual_explanations_follow_a_forced_other_option(tiny_model, tokenizer):
-    from pipelines.config import GenerateParams
-    from pipelines.generate import generate
+    from pipelines.core.config import GenerateParams
+    from pipelines.stages.generate import generate
 
     one_option = Task("arc_easy/q9", "arc_easy", "train", "Only one?", [Choice("A", "yes")], "A")
     params = GenerateParams(n_explanations=2, max_new_tokens_decision=4, max_new_tokens_explanation=5, batch_size=4)

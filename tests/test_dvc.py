@@ -9,14 +9,15 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
 
 from orchestration.assets import ASSET_STAGES
-from pipelines.artifacts import ARTIFACTS
 from orchestration.definitions import build_definitions
+from pipelines.core.artifacts import ARTIFACTS
 from tests.conftest import REPO, tiny_params
 
 DVC = REPO / ".venv" / "bin" / "dvc"  # `make install`: DVC in its own venv, stages on this venv's python
@@ -125,17 +126,22 @@ def test_dvc_repro_and_the_main_job_through_dagster_build_the_same_bytes_in_two_
     assert "1.0" in experiments and "train.beta" in experiments
 
 
+def module_file(module: str) -> Path:
+    """pipelines.stages.score -> pipelines/stages/score.py"""
+    return REPO.joinpath(*module.split(".")).with_suffix(".py")
+
+
 def pipelines_imports(module: str) -> set[str]:
-    """The pipelines modules one module imports (top level or inside functions)."""
-    tree = ast.parse((REPO / "pipelines" / f"{module}.py").read_text())
+    """The pipelines modules (dotted names) one module imports, at top level or inside functions."""
+    tree = ast.parse(module_file(module).read_text())
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "pipelines":
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipelines."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipelines."):
+            names = {f"{node.module}.{alias.name}" for alias in node.names}
+            submodules = {name for name in names if module_file(name).exists()}
+            found |= submodules or {node.module}
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("pipelines.")}
+            found |= {a.name for a in node.names if a.name.startswith("pipelines.")}
     return found
 
 
@@ -149,23 +155,32 @@ def imported_closure(module: str) -> set[str]:
     return seen
 
 
+def test_package_inits_hold_no_code():
+    """Importing a stage runs its package's __init__ too; the closure below leaves them out as deps
+    because they are docstrings only."""
+    for init in (REPO / "pipelines").rglob("__init__.py"):
+        body = ast.parse(init.read_text()).body
+        assert all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body), init
+
+
 @pytest.mark.parametrize("stage", list(ASSET_STAGES.values()))
 def test_each_dvc_stage_lists_every_module_it_imports_and_every_params_section_it_reads(stage):
-    from pipelines.config import Params
+    from pipelines.core.config import Params
 
     body = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
     body = body.get("do", body)
-    modules = imported_closure(stage)
-    assert {f"pipelines/{m}.py" for m in modules} <= set(body["deps"])
+    modules = imported_closure(f"pipelines.stages.{stage}")
+    files = {module_file(m).relative_to(REPO).as_posix() for m in modules}
+    assert files <= set(body["deps"]), f"{stage}: dvc.yaml deps miss {sorted(files - set(body['deps']))}"
     # the schema module's own validators read every section; a stage's sections are what its code reads
-    code = "".join((REPO / "pipelines" / f"{m}.py").read_text() for m in modules - {"config"})
+    code = "".join(module_file(m).read_text() for m in modules - {"pipelines.core.config"})
     read = set(re.findall(r"\bparams\.(\w+)", code)) & set(Params.model_fields) - {"data_dir"}
     declared = {entry.split(".")[0] for entry in body.get("params", [])}
     assert read <= declared, f"{stage} reads params sections {sorted(read - declared)} that dvc.yaml does not list"
 
 
 def test_dvc_outputs_are_the_declared_artifact_files():
-    """dvc.yaml's outs, metrics and plots of a stage are the files pipelines/artifacts.py declares for it."""
+    """dvc.yaml's outs, metrics and plots of a stage are the files pipelines/core/artifacts.py declares for it."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for artifact in ARTIFACTS.values():
         body = stages[artifact.stage].get("do", stages[artifact.stage])

@@ -7,8 +7,18 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipelines import attribute, evaluate, generate, pair, promote, report, score, tasks, train
-from pipelines.config import Params, PromoteParams
+from pipelines.core.config import Params, PromoteParams
+from pipelines.stages import (
+    attribute,
+    evaluate,
+    generate,
+    pair,
+    promote,
+    report,
+    score,
+    tasks,
+    train,
+)
 
 
 @pytest.fixture

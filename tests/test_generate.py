@@ -1,10 +1,10 @@
 import torch
 
-from pipelines.config import GenerateParams
-from pipelines.generate import generate, sample, stop_token_ids
-from pipelines.layout import chat_ids
-from pipelines.prompts import decision_conversation
-from pipelines.records import Choice, Task
+from pipelines.attribution.layout import chat_ids
+from pipelines.core.config import GenerateParams
+from pipelines.core.prompts import decision_conversation
+from pipelines.core.records import Choice, Task
+from pipelines.stages.generate import generate, sample, stop_token_ids
 
 TASKS = [Task(f"t{n}", "arc_easy", "train", question, [Choice("A", "yes"), Choice("B", "no")], "A")
          for n, question in enumerate(["Is water wet?", "Do fish swim in the deep blue sea, usually, or not?", "Why?"])]

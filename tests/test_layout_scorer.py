@@ -1,9 +1,13 @@
 import torch
 
-from pipelines.layout import Sequence, first_user_message_positions, record_sequences
-from pipelines.prompts import decision_conversation, explanation_conversation
-from pipelines.records import Choice, Task
-from pipelines.scorer import TargetScorer
+from pipelines.attribution.layout import (
+    Sequence,
+    first_user_message_positions,
+    record_sequences,
+)
+from pipelines.attribution.scorer import TargetScorer
+from pipelines.core.prompts import decision_conversation, explanation_conversation
+from pipelines.core.records import Choice, Task
 
 TASK = Task("t", "arc_easy", "train", "Which gas do plants absorb?",
             [Choice("A", "oxygen"), Choice("B", "carbon dioxide"), Choice("C", "helium")], "B")
@@ -81,7 +85,7 @@ def record(tokenizer, decision_text, explanation_texts):
 
 
 def test_record_scorer_equals_one_scorer_per_target(tiny_model, tokenizer):
-    from pipelines.scorer import RecordScorer
+    from pipelines.attribution.scorer import RecordScorer
 
     sequences = record(tokenizer, "B) carbon dioxide", ["Plants take in CO2 to make sugar.", "", "Yes", "Because."])
     shared = RecordScorer(tiny_model, sequences[0], sequences[1:], baseline_id=0, batch_size=4)
@@ -97,7 +101,7 @@ def test_record_scorer_equals_one_scorer_per_target(tiny_model, tokenizer):
 
 
 def test_record_scorer_memoises_masks_across_targets(tiny_model, tokenizer):
-    from pipelines.scorer import RecordScorer
+    from pipelines.attribution.scorer import RecordScorer
 
     sequences = record(tokenizer, " B) carbon dioxide", ["Because plants breathe it."])
     shared = RecordScorer(tiny_model, sequences[0], sequences[1:], baseline_id=0, batch_size=4)

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 from scipy import stats
 from scipy.spatial import distance
 
-from pipelines.metrics import align_by_string, cosine, kendall, l1_dot, spearman, top_k_overlap
+from pipelines.analysis.metrics import (
+    align_by_string,
+    cosine,
+    kendall,
+    l1_dot,
+    spearman,
+    top_k_overlap,
+)
 
 
 def scipy_or_nan(function, *args):

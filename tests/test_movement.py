@@ -3,10 +3,10 @@ control (chosen = the shorter explanation) is learnt by the tiny model through t
 
 import pytest
 
-from pipelines.config import TrainParams
-from pipelines.models import load_model
-from pipelines.movement import changed_outputs, pair_tokens, policy_movement
-from pipelines.train import train
+from pipelines.analysis.movement import changed_outputs, pair_tokens, policy_movement
+from pipelines.core.config import TrainParams
+from pipelines.core.models import load_model
+from pipelines.stages.train import train
 
 WORDS = ("light heat water plant animal rock energy force gravity cell seed rain wind soil metal sound "
          "magnet moon star ice").split()
@@ -27,7 +27,7 @@ def preference_pairs(count: int, offset: int) -> list[dict]:
 
 @pytest.fixture
 def tiny(tiny_model_dir):
-    from pipelines.config import ModelParams
+    from pipelines.core.config import ModelParams
 
     model, tokenizer, _ = load_model(ModelParams(id=str(tiny_model_dir), device="cpu"))
     return model, tokenizer

@@ -97,7 +97,7 @@ def test_bad_input_fails_with_a_message_and_runs_nothing_downstream(tmp_path, ti
     assert str(missing) in failure.step_failure_data.error.message
     with pytest.raises(dg.DagsterUnknownPartitionError, match="nope"):
         run(defs, "build_bank", "nope|tiny", instance)
-    from pipelines.config import ParamsError
+    from pipelines.core.config import ParamsError
     with pytest.raises(ParamsError, match="tasks.datasets"):
         build_definitions(str(tiny_params(tmp_path, tiny_model_dir, tasks={"datasets": ["imagenet"]})))
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import PairParams
-from pipelines.pair import choose, make_pairs
+from pipelines.core.config import PairParams
+from pipelines.stages.pair import choose, make_pairs
 
 NAN = float("nan")
 
@@ -63,9 +63,9 @@ def test_pairs_follow_their_task_split_and_test_tasks_give_none():
 def test_empty_bank_and_bank_without_usable_pairs_are_clear_errors(tmp_path):
     import pandas as pd
 
-    from pipelines import pair
-    from pipelines.config import Params
-    from pipelines.records import write_records
+    from pipelines.core.config import Params
+    from pipelines.core.records import write_records
+    from pipelines.stages import pair
 
     params = Params.model_validate({"data_dir": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match="run `python -m pipelines score` first"):

@@ -1,7 +1,7 @@
 import pytest
 
-from pipelines.prompts import decision_prompt, parse_answer
-from pipelines.records import Choice, Task
+from pipelines.core.prompts import decision_prompt, parse_answer
+from pipelines.core.records import Choice, Task
 
 TASK = Task("t", "arc_easy", "train", "What barks?", [Choice("A", "a bird"), Choice("B", "dog"), Choice("C", "hot dog")], "B")
 

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import METRICS, PairParams, Params
-from pipelines.pair import make_pairs
-from pipelines.quality import ARTIFACTS, ROW_ID, ROW_IDS, frame, validate
-from pipelines.records import Attribution, Choice, Generation, Task, to_dict
-from pipelines.report import build_metrics, metric_rows, per_decision
-from pipelines.score import score_attribution
+from pipelines.core.config import METRICS, PairParams, Params
+from pipelines.core.quality import ARTIFACTS, ROW_ID, ROW_IDS, frame, validate
+from pipelines.core.records import Attribution, Choice, Generation, Task, to_dict
+from pipelines.stages.pair import make_pairs
+from pipelines.stages.report import build_metrics, metric_rows, per_decision
+from pipelines.stages.score import score_attribution
 
 K = 3  # explanations per decision
 SPLITS = ["train", "train", "eval", "test"]

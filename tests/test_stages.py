@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import attribute, generate, score, tasks
-from pipelines.config import Params
-from pipelines.records import Generation, read_records
+from pipelines.attribution.engine import baseline_token_id
+from pipelines.core.config import Params
+from pipelines.core.records import Generation, read_records
+from pipelines.stages import attribute, generate, score, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,7 +144,7 @@ def test_empty_explanation_is_kept_with_a_zero_vector_and_undefined_metrics(para
 
 def test_unknown_baseline_and_mismatched_vectors_are_clear_errors(tokenizer):
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        attribute.baseline_token_id(tokenizer, 10**9)
+        baseline_token_id(tokenizer, 10**9)
     bad = {"id": "g/lime", "features": "first_user_message", "method": "lime", "feature_tokens": ["a", "b"],
            "decision": [1.0, 2.0], "explanation_feature_tokens": [["a"]], "explanations": [[1.0]]}
     generation = {"id": "g", "task": {"id": "t", "dataset": "d", "split": "train", "answer_label": "A"},

@@ -1,4 +1,4 @@
-"""pipelines/stats.py against scipy and statsmodels, and the report's comparisons and promotion gate on
+"""pipelines/analysis/stats.py against scipy and statsmodels, and the report's comparisons and promotion gate on
 constructed per-decision tables whose truth is known."""
 
 import math
@@ -12,10 +12,16 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_ind
 
-from pipelines import promote, report
-from pipelines.config import Params, PromoteParams
-from pipelines.stats import (decisions_for_power, equivalence, holm, noninferiority, paired_difference,
-                             paired_power)
+from pipelines.analysis.stats import (
+    decisions_for_power,
+    equivalence,
+    holm,
+    noninferiority,
+    paired_difference,
+    paired_power,
+)
+from pipelines.core.config import Params, PromoteParams
+from pipelines.stages import promote, report
 
 
 def test_holm_equals_statsmodels():

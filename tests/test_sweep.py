@@ -3,8 +3,8 @@
 import importlib.util
 from pathlib import Path
 
-from pipelines.config import Params
-from pipelines.partitions import run_stage
+from pipelines.core.config import Params
+from pipelines.core.partitions import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 

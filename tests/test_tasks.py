@@ -2,9 +2,16 @@ import collections
 
 import pytest
 
-from pipelines.config import TasksParams
-from pipelines.records import Choice
-from pipelines.tasks import BadRowError, build_tasks, canonical, keep_spread, load_rows, split_names
+from pipelines.core.config import TasksParams
+from pipelines.core.records import Choice
+from pipelines.stages.tasks import (
+    BadRowError,
+    build_tasks,
+    canonical,
+    keep_spread,
+    load_rows,
+    split_names,
+)
 
 ALL = ("ecqa", "arc_easy", "arc_challenge", "codah", "commonsense_qa")
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines import train
-from pipelines.config import Params
-from pipelines.records import write_records
-from pipelines.tracking import use_experiment
+from pipelines.core.config import Params
+from pipelines.core.records import write_records
+from pipelines.core.tracking import use_experiment
+from pipelines.stages import train
 
 QUESTION = "Which gas do plants absorb?\nA) oxygen\nB) carbon dioxide"
 

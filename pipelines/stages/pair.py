@@ -16,10 +16,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import PairParams, Params
-from pipelines.controls import OWN
-from pipelines.prompts import explanation_conversation
-from pipelines.records import Task, read_stage_input, sha256, write_json, write_records
+from pipelines.analysis.controls import OWN
+from pipelines.core.config import PairParams, Params
+from pipelines.core.prompts import explanation_conversation
+from pipelines.core.records import (
+    Task,
+    read_stage_input,
+    sha256,
+    write_json,
+    write_records,
+)
 
 PAIR_SPLITS = ("train", "eval")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.controls import bootstrap_ci
+from pipelines.analysis.controls import bootstrap_ci
 
 
 def paired_difference(difference: np.ndarray, samples: int, seed: int) -> dict[str, Any]:

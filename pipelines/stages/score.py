@@ -5,7 +5,7 @@
 
 One row per (decision, method, explanation); `pd.read_parquet("data/bank.parquet")` reads it. Rows of
 kind `own` are the model's explanations; `counterfactual` and `mismatched` rows are the controls
-(pipelines/controls.py). The summary gives metric means over own rows, the split by correct vs
+(pipelines/analysis/controls.py). The summary gives metric means over own rows, the split by correct vs
 incorrect decisions, the null floor and the diagnosticity AUROC with bootstrap intervals over decisions,
 the spread of each metric, and a warning where n_samples is below what the convergence study found
 stable for the record's feature count.
@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import SAMPLING_METHODS, Params
-from pipelines.controls import COUNTERFACTUAL, OWN, control_summary
-from pipelines.metrics import align_by_string, metric_functions
-from pipelines.records import read_stage_input, write_json
-
+from pipelines.analysis.controls import COUNTERFACTUAL, OWN, control_summary
+from pipelines.analysis.metrics import align_by_string, metric_functions
+from pipelines.attribution.catalog import SAMPLING_METHODS
+from pipelines.core.config import Params
+from pipelines.core.records import read_stage_input, write_json
 
 # Perturbation samples per feature below which the score summary warns. The convergence study
 # (experiments/results/convergence) found LIME and KernelSHAP alignment scores not reproducible across

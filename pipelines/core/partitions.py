@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipelines.artifacts import ARTIFACTS, BY_STAGE, StageResult, checked_run
-from pipelines.config import Params
+from pipelines.core.artifacts import ARTIFACTS, BY_STAGE, StageResult, checked_run
+from pipelines.core.config import Params
 
 BANK_STAGES = tuple(a.stage for a in ARTIFACTS.values() if a.scope == "slice")
 MODEL_STAGES = tuple(a.stage for a in ARTIFACTS.values() if a.scope == "model")
@@ -76,7 +76,17 @@ def for_slice(params: Params, dataset: str, model: str) -> Params:
 
 
 def _stage_functions() -> dict[str, Callable[..., dict[str, Any]]]:
-    from pipelines import attribute, evaluate, generate, pair, promote, report, score, tasks, train
+    from pipelines.stages import (
+        attribute,
+        evaluate,
+        generate,
+        pair,
+        promote,
+        report,
+        score,
+        tasks,
+        train,
+    )
 
     return {"tasks": tasks.run, "generate": generate.run, "attribute": attribute.run, "score": score.run,
             "pair": pair.run, "train": train.run, "evaluate": evaluate.run, "report": report.run,
@@ -84,7 +94,7 @@ def _stage_functions() -> dict[str, Callable[..., dict[str, Any]]]:
 
 
 def run_bank_stage(stage: str, params: Params, dataset: str, model: str) -> StageResult:
-    """One bank stage on one slice, its inputs and output validated (pipelines/artifacts.py)."""
+    """One bank stage on one slice, its inputs and output validated (pipelines/core/artifacts.py)."""
     artifact, folder = BY_STAGE[stage], slice_dir(params, dataset, model)
     inputs = [(ARTIFACTS[name], folder) for name in artifact.reads]
     run = _stage_functions()[stage]

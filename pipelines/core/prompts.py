@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pipelines.records import Task
+from pipelines.core.records import Task
 
 INSTRUCTION = "Choose the most plausible answer. Respond only with the letter and the full answer text from the list below:"
 WHY_QUESTION = "Why did you make that choice? Explain briefly."

@@ -3,42 +3,30 @@
 Every value the pipeline uses is declared here once, with its default and its meaning; unknown keys
 and wrong types are rejected with the offending key path in the message.
 
-    from pipelines.config import load_params
+    from pipelines.core.config import load_params
     params = load_params("params.yaml")
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# the attribution methods' one table (name, Captum algorithm, family, sampling) is the engine's own
+from pipelines.attribution.catalog import ATTRIBUTION_METHODS, GRADIENT_METHODS
 
 DATASETS = ("ecqa", "arc_easy", "arc_challenge", "codah", "commonsense_qa")
-
-
-@dataclass(frozen=True)
-class AttributionMethod:
-    captum: str  # the Captum algorithm it runs and equals (tests/test_attribute_vs_captum.py)
-    family: str  # perturbation: forwards of masked prompts, shared across a record; gradient: forward + backward
-    samples: bool  # draws seeded perturbation samples (attribute.n_samples, attribute.masks)
-
-
-# every attribution method, the one table the schema, the attribute stage, score and the suites read
-ATTRIBUTION = {
-    "lime": AttributionMethod("Lime", "perturbation", samples=True),
-    "kernel_shap": AttributionMethod("KernelShap", "perturbation", samples=True),
-    "feature_ablation": AttributionMethod("FeatureAblation", "perturbation", samples=False),
-    "lig": AttributionMethod("LayerIntegratedGradients", "gradient", samples=False),
-    "input_x_gradient": AttributionMethod("LayerGradientXActivation", "gradient", samples=False),
-}
-ATTRIBUTION_METHODS = tuple(ATTRIBUTION)
-SAMPLING_METHODS = tuple(name for name, method in ATTRIBUTION.items() if method.samples)
-PERTURBATION_METHODS = tuple(name for name, method in ATTRIBUTION.items() if method.family == "perturbation")
-GRADIENT_METHODS = tuple(name for name, method in ATTRIBUTION.items() if method.family == "gradient")
 METRICS = ("spearman", "cosine", "l1_dot", "kendall", "top_k_overlap")
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
@@ -281,7 +269,7 @@ class PromoteParams(Section):
 class Params(Section):
     seed: int = 42
     data_dir: str = Field("data", description="The root of every partition's folder: <data_dir>/<model>/ and "
-                          "<data_dir>/<model>/bank/<dataset>/ (pipelines/partitions.py).")
+                          "<data_dir>/<model>/bank/<dataset>/ (pipelines/core/partitions.py).")
     model: ModelParams = ModelParams()
     models: tuple[ModelParams, ...] = Field(
         (), description="Further models whose banks are built beside `model`'s, each one a partition of the "

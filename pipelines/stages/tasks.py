@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import Params, TasksParams
-from pipelines.records import Choice, Task, sha256, write_json, write_records
+from pipelines.core.config import Params, TasksParams
+from pipelines.core.records import Choice, Task, sha256, write_json, write_records
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import EMBEDDED_MODEL, ModelParams
-from pipelines.records import sha256
+from pipelines.core.config import EMBEDDED_MODEL, ModelParams
+from pipelines.core.records import sha256
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

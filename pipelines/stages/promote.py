@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import Params, PromoteParams
-from pipelines.records import write_json
-from pipelines.tracking import use_experiment
+from pipelines.core.config import Params, PromoteParams
+from pipelines.core.records import write_json
+from pipelines.core.tracking import use_experiment
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Gate:
 
 
 def gate(metrics: dict[str, Any], params: PromoteParams) -> Gate:
-    """The promotion rule on a report's metrics.json (its `comparisons`, pipelines/report.py)."""
+    """The promotion rule on a report's metrics.json (its `comparisons`, pipelines/stages/report.py)."""
     comparison = metrics.get("comparisons", {}).get(f"{params.candidate}-base", {}).get("all")
     if comparison is None:
         return Gate(False, None, None, None, None, [

@@ -1,6 +1,6 @@
 """How far a bank's alignment scores can be trusted: the null floor and the diagnosticity test.
 
-    from pipelines.controls import control_summary
+    from pipelines.analysis.controls import control_summary
     control_summary(bank, metrics=("spearman", "cosine"), samples=2000, seed=42)
 
 Both read the bank's control rows (`kind`): `mismatched` = an explanation of another task teacher-forced

@@ -16,13 +16,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines import attribute, generate, score
-from pipelines.config import Params, evaluation_datasets
-from pipelines.controls import OWN
-from pipelines.movement import changed_outputs
-from pipelines.records import Task, read_records, write_json, write_records
-from pipelines.tasks import build_tasks, load_rows
-from pipelines.tracking import use_experiment
+from pipelines.analysis.controls import OWN
+from pipelines.analysis.movement import changed_outputs
+from pipelines.core.config import Params, evaluation_datasets
+from pipelines.core.records import Task, read_records, write_json, write_records
+from pipelines.core.tracking import use_experiment
+from pipelines.stages import attribute, generate, score
+from pipelines.stages.tasks import build_tasks, load_rows
 
 
 def evaluation_tasks(params: Params) -> list[Task]:

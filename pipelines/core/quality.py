@@ -1,6 +1,6 @@
 """Great Expectations suites, one per artifact: the data contracts behind Dagster's blocking checks.
 
-    from pipelines.quality import validate
+    from pipelines.core.quality import validate
     report = validate("tasks", rows, dataset=["arc_easy", "commonsense_qa"])
     assert report.success, report.summary()
 
@@ -24,10 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import ATTRIBUTION_METHODS, DATASETS, METRICS
-from pipelines.controls import COUNTERFACTUAL, MISMATCHED
-from pipelines.pair import PAIR_SPLITS
-from pipelines.records import Attribution, Generation, Task
+from pipelines.analysis.controls import COUNTERFACTUAL, MISMATCHED
+from pipelines.attribution.catalog import ATTRIBUTION_METHODS
+from pipelines.core.config import DATASETS, METRICS
+from pipelines.core.records import Attribution, Generation, Task
+from pipelines.stages.pair import PAIR_SPLITS
 
 if TYPE_CHECKING:
     import pandas as pd

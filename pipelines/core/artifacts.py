@@ -12,15 +12,16 @@ Dagster assets and their checks come from this table (tests/test_dvc.py holds th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.config import Params
-from pipelines.quality import QualityReport, validate
-from pipelines.records import read_records
+from pipelines.core.config import Params
+from pipelines.core.quality import QualityReport, validate
+from pipelines.core.records import read_records, torn_tail
 
 
 @dataclass(frozen=True)
@@ -29,16 +30,19 @@ class Artifact:
     stage: str  # CLI and DVC stage that writes it
     scope: Literal["slice", "model"]  # one per dataset x model slice of the bank, or one per model
     files: tuple[str, ...]  # relative to the partition's folder; the first is the artifact itself
-    suite: str | None  # pipelines/quality.py suite
+    suite: str | None  # pipelines/core/quality.py suite
     reads: tuple[str, ...]  # assets whose artifacts the stage consumes (validated before it runs)
+    # files the stage only ever appends to (records.Appender); its other top-level files it replaces
+    # atomically (write_records, write_json, temp file + rename), and its folders it may rewrite in place
+    appended: tuple[str, ...] = ()
 
 
 ARTIFACTS = {a.asset: a for a in (
     Artifact("raw_tasks", "tasks", "slice", ("tasks.jsonl", "tasks_summary.json"), "tasks", ()),
     Artifact("generations", "generate", "slice", ("generations.jsonl", "generations_summary.json"), "generations",
-             ("raw_tasks",)),
+             ("raw_tasks",), appended=("generations.jsonl",)),
     Artifact("attributions", "attribute", "slice", ("attributions.jsonl", "attributions_summary.json"),
-             "attributions", ("generations",)),
+             "attributions", ("generations",), appended=("attributions.jsonl",)),
     Artifact("bank", "score", "slice", ("bank.parquet", "score_summary.json"), "bank",
              ("generations", "attributions")),
     Artifact("preference_pairs", "pair", "model", ("pairs", "pairs_summary.json"), "pairs", ("bank",)),
@@ -81,19 +85,41 @@ def parts(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, l
     if name == "evaluation":
         return [(model, pd.read_parquet(folder / "evaluation" / model / "bank.parquet").to_dict("records"), {})
                 for model in params.evaluate.models]
-    from pipelines.report import metric_rows
+    from pipelines.stages.report import metric_rows
 
     return [("report", metric_rows(json.loads((folder / "report" / "metrics.json").read_text())), {})]
 
 
+# files that passed their suite in this process, by what they are on disk: a stage's output is the next
+# stage's input, and a bank of tens of thousands of records should not be validated twice in one run
+_passed: dict[tuple, list[tuple[str, QualityReport]]] = {}
+
+
+def fingerprint(artifact: Artifact, params: Params, folder: Path) -> tuple:
+    """What the artifact's files are on disk (path, size, mtime, inode of each) and the params it is judged by."""
+    entries = []
+    for name in artifact.files:
+        path = folder / name
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                stat = file.stat()
+                entries.append((file.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return artifact.asset, str(folder.resolve()), params.model_dump_json(), tuple(entries)
+
+
 def check(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, QualityReport]]:
-    """Run the artifact's suite on what `folder` holds; raise ArtifactInvalid when any part fails."""
+    """Run the artifact's suite on what `folder` holds; raise ArtifactInvalid when any part fails. Files
+    unchanged since they last passed in this process are not validated again."""
     if artifact.suite is None:
         return []
+    key = fingerprint(artifact, params, folder)
+    if key in _passed:
+        return _passed[key]
     reports = [(part, validate(artifact.suite, rows, **expected))
                for part, rows, expected in parts(artifact, params, folder)]
     if any(not report.success for _, report in reports):
         raise ArtifactInvalid(artifact, folder, reports)
+    _passed[key] = reports
     return reports
 
 
@@ -110,6 +136,61 @@ def _move(source: Path, target: Path) -> None:
     shutil.move(str(source), str(target))
 
 
+class Previous:
+    """The output a partition held before its stage ran, kept as cheaply as the way the stage writes allows:
+    an appended file by its length and torn tail (its old content is a prefix of the new one), a file the
+    stage replaces atomically by a hard link (the stage's rename leaves the linked inode untouched), a
+    folder by a copy (third-party writers rewrite files in place)."""
+
+    def __init__(self, artifact: Artifact, folder: Path, staging: Path):
+        self.artifact, self.folder, self.staging = artifact, folder, staging
+        self.appended: dict[str, tuple[int, bytes]] = {}
+        self.kept: list[str] = []
+        if staging.exists():
+            shutil.rmtree(staging)
+        for name in artifact.files:
+            path = folder / name
+            if not path.exists():
+                continue
+            if name in artifact.appended:
+                tail = torn_tail(path)  # a torn last line, which the Appender will cut
+                self.appended[name] = (path.stat().st_size - len(tail), tail)
+                continue
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                shutil.copytree(path, staging / name)  # a copy, not a move: resumable stages continue from it
+            else:
+                try:
+                    os.link(path, staging / name)
+                except OSError:  # a filesystem without hard links
+                    shutil.copy2(path, staging / name)
+            self.kept.append(name)
+
+    def reject_and_restore(self, rejected: Path) -> None:
+        """Move the failed output to `rejected` and put the previous output back in its place."""
+        for name in self.artifact.files:
+            path = self.folder / name
+            if not path.exists():
+                continue
+            if name in self.appended:
+                length, tail = self.appended[name]
+                if path.stat().st_size < length:
+                    raise RuntimeError(f"{path} was rewritten, not appended to: its previous content is lost")
+                rejected.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, rejected / name)
+                with open(path, "rb+") as handle:
+                    handle.truncate(length)
+                    handle.seek(length)
+                    handle.write(tail)
+            else:
+                _move(path, rejected / name)
+        for name in self.kept:
+            _move(self.staging / name, self.folder / name)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
 def checked_run(artifact: Artifact, params: Params, folder: Path, stage: Callable[[], dict[str, Any]],
                 inputs: list[tuple[Artifact, Path]], rejected: Path) -> StageResult:
     """Validate the inputs, run the stage, validate its output; on failure restore the previous output.
@@ -118,25 +199,14 @@ def checked_run(artifact: Artifact, params: Params, folder: Path, stage: Callabl
     where a failed output goes (outside every DVC output and dependency)."""
     for upstream, where in inputs:
         check(upstream, params, where)
-    staging = rejected / ".previous" / artifact.asset
-    if staging.exists():
-        shutil.rmtree(staging)
-    kept = [name for name in artifact.files if (folder / name).exists()]
-    for name in kept:  # a copy, not a move: resumable stages continue from what is there
-        (staging / name).parent.mkdir(parents=True, exist_ok=True)
-        copy = shutil.copytree if (folder / name).is_dir() else shutil.copy2
-        copy(folder / name, staging / name)
+    previous = Previous(artifact, folder, rejected / ".previous" / artifact.asset)
     try:
         summary = stage()  # a crash leaves its partial output in place: the stages resume from it
         try:
             reports = check(artifact, params, folder)
         except ArtifactInvalid:
-            for name in artifact.files:
-                if (folder / name).exists():
-                    _move(folder / name, rejected / name)
-            for name in kept:
-                _move(staging / name, folder / name)
+            previous.reject_and_restore(rejected)
             raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        previous.discard()
     return StageResult(summary, reports)

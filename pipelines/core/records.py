@@ -105,15 +105,30 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
                 raise ValueError(f"{path}:{number}: not a JSON record ({err})") from None
 
 
+def torn_tail(path: Path, chunk: int = 2**16) -> bytes:
+    """The bytes after the last newline: a line being written when a process died (usually none).
+    Reads backwards from the end, so a large file costs one chunk."""
+    with open(path, "rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        tail = b""
+        while end > 0:
+            start = max(0, end - chunk)
+            handle.seek(start)
+            tail = handle.read(end - start) + tail
+            if b"\n" in tail:
+                return tail[tail.rfind(b"\n") + 1:]
+            end = start
+        return tail
+
+
 def repair_tail(path: Path) -> None:
     """Cut a torn last line so that appends start on a fresh line."""
     if not path.exists():
         return
-    with open(path, "rb+") as handle:
-        data = handle.read()
-        end = data.rfind(b"\n") + 1
-        if end != len(data):
-            handle.truncate(end)
+    torn = len(torn_tail(path))
+    if torn:
+        with open(path, "rb+") as handle:
+            handle.truncate(handle.seek(0, os.SEEK_END) - torn)
 
 
 def read_stage_input(path: Path, producer: str) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@
 DPO: TRL's DPOTrainer with a PEFT LoRA adapter; the reference model is the base with the adapter
 disabled. SFT: TRL's SFTTrainer on the chosen explanation, loss on the completion only. Each run logs
 its params, TRL's training curves, the preference data's identity, the held-out movement of the policy
-(pipelines/movement.py: reward accuracy with a binomial test, margin, log-probability shifts, KL to the
+(pipelines/analysis/movement.py: reward accuracy with a binomial test, margin, log-probability shifts, KL to the
 reference; `heldout/*` metrics) and the adapter (not the base weights) to the MLflow store of
 `mlflow.tracking_uri`. A run killed midway resumes from its last
 checkpoint.
@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import Params, TrainParams
-from pipelines.movement import policy_movement
-from pipelines.records import read_stage_input, sha256, write_json
-from pipelines.tracking import use_experiment
+from pipelines.analysis.movement import policy_movement
+from pipelines.core.config import Params, TrainParams
+from pipelines.core.records import read_stage_input, sha256, write_json
+from pipelines.core.tracking import use_experiment
 
 
 def lora_config(params: TrainParams):
@@ -77,7 +77,7 @@ def train(algorithm: str, model, tokenizer, train_pairs: list[dict[str, Any]], e
 def run(params: Params, folder: Path) -> dict[str, Any]:
     import mlflow
 
-    from pipelines.models import load_model
+    from pipelines.core.models import load_model
 
     data = folder
     train_path, eval_path = data / "pairs" / "train.jsonl", data / "pairs" / "eval.jsonl"

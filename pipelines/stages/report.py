@@ -6,7 +6,7 @@
 Per dataset (in-domain and shifted side by side) and model (base, DPO, SFT): accuracy with a Wilson
 95% interval; per decision the best, median and worst Spearman and cosine over its explanations,
 averaged, with bootstrap 95% intervals. Comparisons (DPO-base, SFT-base, DPO-SFT) are paired on the
-decisions of the same tasks (pipelines/stats.py): the median-Spearman difference with a bootstrap CI,
+decisions of the same tasks (pipelines/analysis/stats.py): the median-Spearman difference with a bootstrap CI,
 Wilcoxon and Holm-adjusted p over the family, its power at evaluate.min_detectable_effect (a run below
 evaluate.power is labelled a smoke test), accuracy as non-inferiority; correct vs incorrect decisions by
 TOST. Then the trust figures (null floor, diagnosticity) and the plots.
@@ -24,11 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import Params, evaluation_datasets
-from pipelines.controls import OWN, bootstrap_ci, control_summary
-from pipelines.records import write_json
-from pipelines.score import sample_warnings
-from pipelines.stats import decisions_for_power, equivalence, holm, noninferiority, paired_difference, paired_power
+from pipelines.analysis.controls import OWN, bootstrap_ci, control_summary
+from pipelines.analysis.stats import (
+    decisions_for_power,
+    equivalence,
+    holm,
+    noninferiority,
+    paired_difference,
+    paired_power,
+)
+from pipelines.core.config import Params, evaluation_datasets
+from pipelines.core.records import write_json
+from pipelines.stages.score import sample_warnings
 
 METRICS = ("spearman", "cosine")
 

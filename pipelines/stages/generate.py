@@ -14,12 +14,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import GenerateParams, Params
-from pipelines.layout import chat_ids
-from pipelines.prompts import decision_conversation, explanation_conversation, parse_answer
-from pipelines.records import (Appender, Choice, Generation, Task, existing_ids, read_records, read_stage_input,
-                               write_json)
-from pipelines.seeds import derive_seed
+from pipelines.attribution.layout import chat_ids
+from pipelines.core.config import GenerateParams, Params
+from pipelines.core.prompts import (
+    decision_conversation,
+    explanation_conversation,
+    parse_answer,
+)
+from pipelines.core.records import (
+    Appender,
+    Choice,
+    Generation,
+    Task,
+    existing_ids,
+    read_records,
+    read_stage_input,
+    write_json,
+)
+from pipelines.core.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +173,7 @@ def _template_digest(tokenizer) -> str:
 def run(params: Params, folder: Path) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from pipelines.models import load_model
+    from pipelines.core.models import load_model
 
     data = folder
     source, out = data / "tasks.jsonl", data / "generations.jsonl"

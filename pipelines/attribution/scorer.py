@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from pipelines.layout import Sequence
+from pipelines.attribution.layout import Sequence
 
 LOGIT_BUDGET_BYTES = 256 * 2**20  # cap on one chunk's fp32 (rows, target, vocab) logits
 
@@ -72,6 +72,7 @@ class TargetScorer:
         self.ids = torch.tensor(ids, device=self.device)
         self.targets = torch.tensor(sequence.target_ids, dtype=torch.long, device=self.device)
         self.positions = torch.tensor(sequence.feature_positions, dtype=torch.long, device=self.device)
+        self.n_features = len(sequence.feature_positions)
         self.baseline_id = baseline_id
         self.batch_size = batch_size
         self.target = target
@@ -156,19 +157,19 @@ class RecordScorer:
         self.forwards = 0
         self.tokens = 0
 
-    def target(self, index: int):
-        """Forward function for Captum: (B, F) masks -> (B,) log-probs of target `index` (0 = decision)."""
-        def forward(masks: torch.Tensor) -> torch.Tensor:
-            if masks.dim() == 1:
-                masks = masks.unsqueeze(0)
-            keys = [bytes(row) for row in (masks.to("cpu") == 1).to(torch.uint8).numpy()]
-            missing = [i for i, key in enumerate(keys) if key not in self.memo]
-            for start in range(0, len(missing), self.batch_size):
-                rows = missing[start:start + self.batch_size]
-                for i, scores in zip(rows, self.all_targets(masks[rows])):
-                    self.memo[keys[i]] = scores
-            return torch.stack([self.memo[key][index] for key in keys]).to(self.device)
-        return forward
+    def target(self, index: int) -> RecordTarget:
+        """Forward for Captum: (B, F) masks -> (B,) log-probs of target `index` (0 = decision)."""
+        return RecordTarget(self, index)
+
+    def scores(self, masks: torch.Tensor) -> list[torch.Tensor]:
+        """(B, F) masks -> one (1 + k,) row of scores per mask, computing only masks not seen before."""
+        keys = [bytes(row) for row in (masks.to("cpu") == 1).to(torch.uint8).numpy()]
+        missing = [i for i, key in enumerate(keys) if key not in self.memo]
+        for start in range(0, len(missing), self.batch_size):
+            rows = missing[start:start + self.batch_size]
+            for i, scores in zip(rows, self.all_targets(masks[rows])):
+                self.memo[keys[i]] = scores
+        return [self.memo[key] for key in keys]
 
     def all_targets(self, masks: torch.Tensor) -> torch.Tensor:
         """(B, F) masks -> (B, 1 + k) log-probs: the decision, then each explanation."""
@@ -196,6 +197,21 @@ class RecordScorer:
                 cache.crop(-(cache.get_seq_length() - prefix_len))
             scores.append(_sum_log_probs(head, steps, targets))
         return torch.stack(scores, dim=1)
+
+
+class RecordTarget:
+    """One target of a RecordScorer, with the attributes every attribution method reads from its forward."""
+
+    def __init__(self, record: RecordScorer, index: int):
+        self.record, self.index = record, index
+        self.model, self.device, self.batch_size = record.model, record.device, record.batch_size
+        self.positions = record.positions
+        self.n_features = len(record.positions)
+
+    def __call__(self, masks: torch.Tensor) -> torch.Tensor:
+        if masks.dim() == 1:
+            masks = masks.unsqueeze(0)
+        return torch.stack([row[self.index] for row in self.record.scores(masks)]).to(self.device)
 
 
 def _sum_log_probs(head, steps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,136 @@
+"""Generations -> attribution vectors over the question tokens (method.md section 4).
+
+    python -m pipelines attribute [--params params.yaml]   # data/generations.jsonl -> data/attributions.jsonl
+
+Each method is a stock Captum algorithm whose forward function is our batched scorer. One record per
+(generation, method) holds the decision's vector, one vector per explanation, and the controls: the
+counterfactual explanation (written after a forced other option) and `null_explanations` explanations
+of other tasks, each teacher-forced after this decision (method.md section 4, controls).
+
+Sampling (LIME, KernelSHAP): with `masks: independent` (the default) the decision draws its own
+perturbation samples and the explanations and controls share a second set, so the surrogate's errors
+are not shared between the two vectors a metric compares; the shared set lets `RecordScorer` score all
+explanations of one mask from one forward over the perturbed explanation prompt. Both seeds derive from
+(seed, record id, method, role): no record's masks depend on another record or on the order of work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.attribution.catalog import METHODS
+from pipelines.attribution.engine import (
+    attribute_record,
+    baseline_token_id,
+    record_seeds,
+)
+from pipelines.attribution.layout import record_sequences
+from pipelines.core.config import AttributeParams, Params
+from pipelines.core.prompts import decision_conversation, explanation_conversation
+from pipelines.core.records import (
+    Appender,
+    Attribution,
+    Generation,
+    existing_ids,
+    read_records,
+    read_stage_input,
+    write_json,
+)
+from pipelines.core.seeds import derive_seed
+
+log = logging.getLogger(__name__)
+
+
+
+def control_targets(generation: Generation, others: list[Generation], n_null: int, seed: int) -> list[dict]:
+    """The counterfactual explanation, then `n_null` explanations of other tasks (seeded choice; the
+    other task and which of its explanations depend only on the two ids, not on the order of records)."""
+    controls = []
+    counterfactual = generation.counterfactual or {}
+    if counterfactual.get("label"):
+        controls.append({"kind": "counterfactual", "source": counterfactual["label"],
+                         "text": counterfactual["explanation"], "ids": counterfactual["explanation_ids"]})
+    candidates = sorted((o for o in others if o.id != generation.id and any(o.explanations)),
+                        key=lambda o: derive_seed(seed, generation.id, o.id, "null"))
+    for other in candidates[:n_null]:
+        written = [i for i, text in enumerate(other.explanations) if text]
+        index = written[derive_seed(seed, generation.id, other.id, "null-index") % len(written)]
+        controls.append({"kind": "mismatched", "source": f"{other.id}/{index}", "text": other.explanations[index],
+                         "ids": other.explanation_ids[index]})
+    return controls
+
+
+def attribute_generation(model, tokenizer, generation: Generation, method: str, params: AttributeParams,
+                         seed: int, others: list[Generation] = ()) -> Attribution:
+    import numpy as np
+
+    baseline = baseline_token_id(tokenizer, params.baseline_token)
+    task = generation.task
+    controls = control_targets(generation, list(others), params.null_explanations, seed)
+    sequences = record_sequences(tokenizer, decision_conversation(task),
+                                 explanation_conversation(task, generation.decision), generation.decision_ids,
+                                 generation.explanation_ids + [c["ids"] for c in controls], params.features,
+                                 generation.id)
+    seeds = record_seeds(seed, generation.id, method, params.masks)
+    vectors = attribute_record(model, sequences, method, params, baseline, seeds)
+    k = len(generation.explanations)
+    names = ["decision"] + [f"explanation {i}" for i in range(k)] + [f"{c['kind']} control" for c in controls]
+    for which, vector in zip(names, vectors):
+        if not np.isfinite(vector).all():
+            raise FloatingPointError(f"record {generation.id}, {method}, {which}: non-finite attribution")
+    tokens = [tokenizer.convert_ids_to_tokens([s.prompt_ids[p] for p in s.feature_positions]) for s in sequences]
+    return Attribution(
+        id=f"{generation.id}/{method}", generation_id=generation.id, method=method, target=params.target
+        if METHODS[method].family == "perturbation" else "sequence", features=params.features, feature_tokens=tokens[0],
+        decision=vectors[0].tolist(), explanation_feature_tokens=tokens[1:k + 1],
+        explanations=[v.tolist() for v in vectors[1:k + 1]], baseline_token_id=baseline,
+        baseline_token=tokenizer.convert_ids_to_tokens(baseline), model=generation.model,
+        settings={**params.model_dump(), "seed": seed},
+        masks=params.masks if seeds else "none",
+        seeds={"decision": seeds[0], "explanations": seeds[1]} if seeds else None,
+        controls=[{"kind": c["kind"], "source": c["source"], "text": c["text"], "vector": v.tolist()}
+                  for c, v in zip(controls, vectors[k + 1:])])
+
+
+def run(params: Params, folder: Path, fail_after: int | None = None, shard: tuple[int, int] = (0, 1)
+        ) -> dict[str, Any]:
+    """Attribute every (generation, method) not yet in the output. `fail_after` exists for crash tests.
+    `shard=(i, n)` takes every n-th missing record from the i-th, so that n processes can share one slice,
+    each writing its own folder (which must hold the whole slice's generations: controls draw from it)."""
+    from tqdm import tqdm
+
+    from pipelines.core.models import load_model
+
+    data = folder
+    source, out = data / "generations.jsonl", data / "attributions.jsonl"
+    generations = [Generation.from_dict(row) for row in read_stage_input(source, "generate")]
+    done = existing_ids(out)
+    todo = [(g, m) for g in generations for m in params.attribute.methods if f"{g.id}/{m}" not in done]
+    todo = todo[shard[0]::shard[1]]
+    started, timings = time.perf_counter(), {m: [] for m in params.attribute.methods}
+    if todo:
+        model, tokenizer, _ = load_model(params.model)
+        with Appender(out) as sink, tqdm(total=len(done) + len(todo), initial=len(done),
+                                         desc="attribute", unit="record") as bar:
+            for count, (generation, method) in enumerate(todo):
+                if fail_after is not None and count == fail_after:
+                    raise RuntimeError(f"injected failure after {count} records")
+                began = time.perf_counter()
+                sink.write(attribute_generation(model, tokenizer, generation, method, params.attribute,
+                                                params.seed, generations))
+                timings[method].append(time.perf_counter() - began)
+                bar.update()
+    rows = list(read_records(out))
+    summary = {"path": str(out), "attributions": len(rows), "new": len(todo),
+               "seconds": round(time.perf_counter() - started, 2),
+               # timing stays out of the records, so that a rerun reproduces them byte for byte
+               "seconds_per_new_record": {m: _mean(t) for m, t in timings.items()}}
+    write_json(data / "attributions_summary.json", summary)
+    return summary
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 3) if values else None
