@@ -16,7 +16,7 @@ import dagster as dg
 
 from orchestration import checks
 from orchestration.resources import DvcLock, MlflowTracking, PscbParams
-from pipelines.core.artifacts import ARTIFACTS, ArtifactInvalid, StageResult
+from pipelines.core.artifacts import ARTIFACTS, ArtifactInvalid, PartitionBusy, StageResult
 from pipelines.core.config import Params, ParamsError
 from pipelines.core.partitions import model_dir, model_names, run_bank_stage, run_model_stage, slice_dir
 from pipelines.core.records import sha256
@@ -69,6 +69,8 @@ def materialize(name: str, run: Callable[[], StageResult], folder: Path, model: 
             metadata={"rejected": str(err), "path": dg.MetadataValue.path(str(paths[0]))},
             data_version=dg.DataVersion(sha256(*paths, names=True)),
             check_results=[checks.quality(name, err.reports)])
+    except PartitionBusy as err:  # another run is writing this partition: a retry later finds it done
+        raise dg.Failure(description=f"{name}: {err}", allow_retries=True) from err
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise dg.Failure(description=f"{name}: {err}", metadata={"folder": dg.MetadataValue.path(str(folder))},
                          allow_retries=False) from err

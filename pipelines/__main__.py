@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from pipelines.core.artifacts import PartitionBusy
     from pipelines.core.config import ParamsError, load_params
     from pipelines.core.partitions import model_dir, run_stage, slice_dir
     from pipelines.stages.tasks import BadRowError
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{stage} {key}] {json.dumps(short, default=str)} checks: {checked} expectations passed",
                       flush=True)
             print(f"[{stage}] {len(results)} partition(s) in {time.perf_counter() - started:.1f}s", flush=True)
-    except (ParamsError, BadRowError, FileNotFoundError, KeyError, ValueError) as err:
+    except (ParamsError, BadRowError, FileNotFoundError, KeyError, ValueError, PartitionBusy) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.stage in ("all", "score"):

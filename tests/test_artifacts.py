@@ -3,10 +3,12 @@ its output after; a failed output is set aside and the previous one restored, wi
 the file, the expectation and the row."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from pipelines.core.artifacts import ARTIFACTS, ArtifactInvalid, check, checked_run
+from pipelines.core.artifacts import ARTIFACTS, ArtifactInvalid, PartitionBusy, check, checked_run
 from pipelines.core.config import Params
 from pipelines.core.records import (
     Appender,
@@ -123,3 +125,25 @@ def test_torn_tail_reads_back_to_the_last_newline(tmp_path, chunk):
     repair_tail(path)
     assert path.read_bytes() == b""
 
+
+def test_a_partition_being_written_is_refused_to_a_second_writer(tmp_path):
+    """Two workers given the same partition: the second is refused at once, naming the first; nothing runs
+    twice, and once the first has finished the partition is free again."""
+    folder, rejected = tmp_path / "arc_easy", tmp_path / "rejected"
+    folder.mkdir()
+    lock = rejected / ".locks" / "raw_tasks.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from pipelines.core.artifacts import exclusive\n"
+        f"with exclusive(Path({str(lock)!r}), 'tasks'):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        ran = []
+        with pytest.raises(PartitionBusy, match=f"being written by process {holder.pid}"):
+            checked_run(TASKS, Params(), folder, lambda: ran.append(1) or {}, [], rejected)
+        assert not ran
+    finally:
+        holder.kill()
+        holder.wait()
+    result = checked_run(TASKS, Params(), folder, lambda: {"tasks": len(write_tasks(folder))}, [], rejected)
+    assert result.reports[0][1].success  # the killed holder's lock went with it

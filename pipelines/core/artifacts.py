@@ -11,10 +11,12 @@ Dagster assets and their checks come from this table (tests/test_dvc.py holds th
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +55,36 @@ ARTIFACTS = {a.asset: a for a in (
     Artifact("champion_model", "promote", "model", ("promotion.json",), None, ("eval_report",)),
 )}
 BY_STAGE = {a.stage: a for a in ARTIFACTS.values()}
+
+
+class PartitionBusy(RuntimeError):
+    """Another process is writing this artifact of this partition."""
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive OS lock on `lock` for the block, or refuse at once if another process holds it: two
+    writers of one partition's files would interleave their records. The lock goes with the process, so a
+    killed writer never leaves its partition locked."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise PartitionBusy(f"{what} is being written by {holder}: not started a second time; rerun once it "
+                            "has finished (the stage resumes)") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 class ArtifactInvalid(ValueError):
@@ -197,16 +229,17 @@ def checked_run(artifact: Artifact, params: Params, folder: Path, stage: Callabl
 
     `folder` is the partition's folder, `inputs` the (artifact, folder) pairs the stage reads, `rejected`
     where a failed output goes (outside every DVC output and dependency)."""
-    for upstream, where in inputs:
-        check(upstream, params, where)
-    previous = Previous(artifact, folder, rejected / ".previous" / artifact.asset)
-    try:
-        summary = stage()  # a crash leaves its partial output in place: the stages resume from it
+    with exclusive(rejected / ".locks" / f"{artifact.asset}.lock", f"{folder / artifact.files[0]}"):
+        for upstream, where in inputs:
+            check(upstream, params, where)
+        previous = Previous(artifact, folder, rejected / ".previous" / artifact.asset)
         try:
-            reports = check(artifact, params, folder)
-        except ArtifactInvalid:
-            previous.reject_and_restore(rejected)
-            raise
-    finally:
-        previous.discard()
+            summary = stage()  # a crash leaves its partial output in place: the stages resume from it
+            try:
+                reports = check(artifact, params, folder)
+            except ArtifactInvalid:
+                previous.reject_and_restore(rejected)
+                raise
+        finally:
+            previous.discard()
     return StageResult(summary, reports)
