@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -95,3 +96,32 @@ def test_training_resumes_from_its_last_checkpoint(params, tmp_path, tiny_model,
     steps = [h["step"] for h in second.state.log_history if "loss" in h]
     assert second.state.global_step == 3 and steps == [1, 2, 3]  # steps 1-2 come from the checkpoint's log
     mlflow.end_run()
+
+
+def test_two_processes_make_one_run_and_one_adapter_with_the_single_process_curve(params, tmp_path):
+    """train.processes: 2 runs DPO data-parallel under `accelerate launch` (gloo on CPU). The global batch is
+    train.batch_size either way, so both runs take the same steps; rank 0 alone logs and saves."""
+    import shutil
+
+    runs = {}
+    for processes in (1, 2):
+        folder = tmp_path / f"processes{processes}"
+        shutil.copytree(Path(params.data_dir) / "pairs", folder / "pairs")
+        own = params.model_copy(update={"train": params.train.model_copy(
+            update={"processes": processes, "algorithms": ("dpo",)})})
+        runs[processes] = train.run(own, folder)["dpo"]
+    client = mlflow.MlflowClient(params.mlflow.tracking_uri)
+    one, two = runs[1], runs[2]
+    assert two["processes"] == 2 and two["steps"] == one["steps"] == 3
+    run = client.get_run(two["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["algorithm"] == "dpo"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 3  # logged by one process, once per step
+    experiment = client.get_experiment_by_name(params.mlflow.training_experiment)
+    assert len(client.search_runs([experiment.experiment_id])) == 2  # one run per fine-tune, not per process
+    assert sorted(p.name for p in (tmp_path / "processes2" / "models" / "dpo" / "adapter").iterdir()
+                  if p.suffix == ".safetensors") == ["adapter_model.safetensors"]
+    losses = {n: [h["loss"] for h in r["log_history"] if "loss" in h] for n, r in runs.items()}
+    print("losses per step, 1 process:", losses[1], "2 processes:", losses[2])
+    # step 1: the policy is the reference (LoRA B = 0), so DPO's loss is ln 2 whatever the batch
+    assert losses[1][0] == pytest.approx(0.6931, abs=1e-3) and losses[2][0] == pytest.approx(0.6931, abs=1e-3)
+    assert np.allclose(losses[1], losses[2], atol=0.05)

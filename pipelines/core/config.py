@@ -221,6 +221,17 @@ class TrainParams(Section):
                                             "down_proj")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on GPU).")
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (resume point).")
+    processes: int = Field(
+        1, ge=1, description="Data-parallel processes (DDP under `accelerate launch`: one per GPU, or gloo on "
+        "CPU). batch_size is the global batch: each process takes batch_size / processes, so a run's steps "
+        "and curves compare with the single-process run's.")
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> TrainParams:
+        if self.batch_size % self.processes:
+            raise ValueError(f"batch_size {self.batch_size} does not split over {self.processes} processes: "
+                             "make it a multiple of processes")
+        return self
 
 
 class MlflowParams(Section):

@@ -10,10 +10,21 @@ its params, TRL's training curves, the preference data's identity, the held-out 
 reference; `heldout/*` metrics) and the adapter (not the base weights) to the MLflow store of
 `mlflow.tracking_uri`. A run killed midway resumes from its last
 checkpoint.
+
+With `train.processes: N > 1` each fine-tune runs data-parallel under `accelerate launch` (DDP: one process
+per GPU, or gloo on CPU): this module is the launched program, every rank trains, and rank 0 alone logs to
+MLflow, measures the movement and saves the adapter, so one fine-tune is one MLflow run and one adapter.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,14 +45,15 @@ def lora_config(params: TrainParams):
 def trainer_arguments(algorithm: str, params: TrainParams, output_dir: Path, seed: int, has_eval: bool,
                       on_gpu: bool) -> dict[str, Any]:
     # bf16 only on a GPU: on CPU TRL's bf16 default ran 25x slower (stack-notes)
+    per_process = params.batch_size // params.processes  # batch_size is the global batch
     common = dict(output_dir=str(output_dir), learning_rate=params.learning_rate, num_train_epochs=params.epochs,
-                  max_steps=params.max_steps, per_device_train_batch_size=params.batch_size,
-                  per_device_eval_batch_size=params.batch_size,
+                  max_steps=params.max_steps, per_device_train_batch_size=per_process,
+                  per_device_eval_batch_size=per_process,
                   gradient_accumulation_steps=params.gradient_accumulation_steps, max_length=params.max_length,
                   bf16=on_gpu, use_cpu=not on_gpu, seed=seed, logging_steps=1, report_to=["mlflow"],
                   save_strategy="steps", save_steps=params.save_steps, save_total_limit=2,
                   eval_strategy="epoch" if has_eval else "no", activation_checkpointing=params.gradient_checkpointing,
-                  run_name=algorithm)
+                  run_name=algorithm, ddp_find_unused_parameters=False)  # LoRA trains every adapter weight
     if algorithm == "dpo":
         return {**common, "beta": params.beta, "loss_type": [params.loss_type]}
     return {**common, "completion_only_loss": True}
@@ -74,49 +86,92 @@ def train(algorithm: str, model, tokenizer, train_pairs: list[dict[str, Any]], e
     return trainer
 
 
-def run(params: Params, folder: Path) -> dict[str, Any]:
-    import mlflow
-
-    from pipelines.core.models import load_model
-
-    data = folder
-    train_path, eval_path = data / "pairs" / "train.jsonl", data / "pairs" / "eval.jsonl"
+def read_pairs(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    train_path, eval_path = folder / "pairs" / "train.jsonl", folder / "pairs" / "eval.jsonl"
     train_pairs = read_stage_input(train_path, "pair")
     eval_pairs = read_stage_input(eval_path, "pair") if eval_path.exists() else []
     if not train_pairs:
         raise ValueError(f"{train_path} holds no pairs: run `python -m pipelines pair` on a bank with train tasks")
-    use_experiment(params.mlflow.tracking_uri, params.mlflow.training_experiment)
-    summary: dict[str, Any] = {"pairs": {"train": len(train_pairs), "eval": len(eval_pairs),
-                                         "train_sha256": sha256(train_path)}}
-    for algorithm in params.train.algorithms:
-        started = time.perf_counter()
-        model, tokenizer, identity = load_model(params.model)
-        output_dir = data / "models" / algorithm
-        # our run stays open through training, so TRL's MLflow callback logs into it and we add the rest
-        with mlflow.start_run(run_name=algorithm) as active:
+    return train_pairs, eval_pairs
+
+
+def fit(params: Params, folder: Path, algorithm: str) -> dict[str, Any] | None:
+    """One fine-tune, alone or as one rank of a data-parallel launch; its summary (None on ranks > 0)."""
+    import mlflow
+
+    from pipelines.core.models import load_model
+
+    train_pairs, eval_pairs = read_pairs(folder)
+    main = int(os.environ.get("RANK", "0")) == 0
+    started = time.perf_counter()
+    model, tokenizer, identity = load_model(params.model)
+    output_dir = folder / "models" / algorithm
+    if main:
+        use_experiment(params.mlflow.tracking_uri, params.mlflow.training_experiment)
+    # our run stays open through training, so TRL's MLflow callback (rank 0 only) logs into it
+    with mlflow.start_run(run_name=algorithm) if main else contextlib.nullcontext() as active:
+        if main:
             mlflow.set_tags({"algorithm": algorithm, "stage": "train", "base_model": identity["id"]})
             mlflow.log_params({f"pscb.{k}": v for k, v in params.train.model_dump().items()})
             mlflow.log_params({"pscb.base_model_sha256": identity.get("sha256") or identity.get("revision"),
-                               "pscb.pairs_train_sha256": summary["pairs"]["train_sha256"],
+                               "pscb.pairs_train_sha256": sha256(folder / "pairs" / "train.jsonl"),
                                "pscb.pairs_train": len(train_pairs), "pscb.pairs_eval": len(eval_pairs),
                                "pscb.pair_method": train_pairs[0]["method"], "pscb.seed": params.seed})
-            trainer = train(algorithm, model, tokenizer, train_pairs, eval_pairs, params.train, output_dir,
-                            params.seed)
-            # before any evaluation claim: did the policy move, on pairs it never trained on?
-            movement = policy_movement(trainer.model, tokenizer, eval_pairs, params.train.beta,
-                                       params.train.max_length)
-            mlflow.log_metrics({f"heldout/{k}": v for k, v in movement.items()
-                                if isinstance(v, (int, float)) and v is not None})
-            adapter = output_dir / "adapter"
-            trainer.save_model(str(adapter))  # a PEFT model saves its adapter only
-            tokenizer.save_pretrained(adapter)
-            write_json(adapter / "pscb_base_model.json", identity)
-            mlflow.log_artifacts(str(adapter), artifact_path="adapter")
-            summary[algorithm] = {"adapter": str(adapter), "mlflow_run_id": active.info.run_id,
-                                  "steps": trainer.state.global_step, "movement": movement,
-                                  "seconds": round(time.perf_counter() - started, 1),
-                                  "last_log": next((h for h in reversed(trainer.state.log_history) if "loss" in h),
-                                                   {}),
-                                  "log_history": trainer.state.log_history}
-    write_json(data / "train_summary.json", summary)
+        trainer = train(algorithm, model, tokenizer, train_pairs, eval_pairs, params.train, output_dir, params.seed)
+        if not main:
+            return None
+        # before any evaluation claim: did the policy move, on pairs it never trained on?
+        movement = policy_movement(trainer.model, tokenizer, eval_pairs, params.train.beta, params.train.max_length)
+        mlflow.log_metrics({f"heldout/{k}": v for k, v in movement.items()
+                            if isinstance(v, (int, float)) and v is not None})
+        adapter = output_dir / "adapter"
+        trainer.save_model(str(adapter))  # a PEFT model saves its adapter only
+        tokenizer.save_pretrained(adapter)
+        write_json(adapter / "pscb_base_model.json", identity)
+        mlflow.log_artifacts(str(adapter), artifact_path="adapter")
+        return {"adapter": str(adapter), "mlflow_run_id": active.info.run_id, "processes": params.train.processes,
+                "steps": trainer.state.global_step, "movement": movement,
+                "seconds": round(time.perf_counter() - started, 1),
+                "last_log": next((h for h in reversed(trainer.state.log_history) if "loss" in h), {}),
+                "log_history": trainer.state.log_history}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(params: Params, folder: Path, algorithm: str) -> dict[str, Any]:
+    """`fit` on `train.processes` data-parallel processes under `accelerate launch`; rank 0's summary."""
+    with tempfile.TemporaryDirectory(prefix="pscb-train-") as scratch:
+        spec, result = Path(scratch) / "params.json", Path(scratch) / "result.json"
+        spec.write_text(params.model_dump_json())
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                   "--num_processes", str(params.train.processes), "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                   "-m", "pipelines.stages.train", str(spec), str(folder), algorithm, str(result)]
+        finished = subprocess.run(command)
+        if finished.returncode != 0 or not result.exists():
+            raise RuntimeError(f"{algorithm} on {params.train.processes} processes failed (exit code "
+                               f"{finished.returncode}); the launch was: {' '.join(command)}")
+        return json.loads(result.read_text())
+
+
+def run(params: Params, folder: Path) -> dict[str, Any]:
+    train_path = folder / "pairs" / "train.jsonl"
+    train_pairs, eval_pairs = read_pairs(folder)
+    summary: dict[str, Any] = {"pairs": {"train": len(train_pairs), "eval": len(eval_pairs),
+                                         "train_sha256": sha256(train_path)}}
+    for algorithm in params.train.algorithms:
+        summary[algorithm] = fit(params, folder, algorithm) if params.train.processes == 1 \
+            else launch(params, folder, algorithm)
+    write_json(folder / "train_summary.json", summary)
     return summary
+
+
+if __name__ == "__main__":  # one rank of `launch`: python -m pipelines.stages.train PARAMS FOLDER ALGORITHM RESULT
+    spec, folder, algorithm, result = sys.argv[1:]
+    outcome = fit(Params.model_validate_json(Path(spec).read_text()), Path(folder), algorithm)
+    if outcome is not None:
+        write_json(Path(result), outcome)
