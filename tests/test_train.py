@@ -125,3 +125,12 @@ def test_two_processes_make_one_run_and_one_adapter_with_the_single_process_curv
     # step 1: the policy is the reference (LoRA B = 0), so DPO's loss is ln 2 whatever the batch
     assert losses[1][0] == pytest.approx(0.6931, abs=1e-3) and losses[2][0] == pytest.approx(0.6931, abs=1e-3)
     assert np.allclose(losses[1], losses[2], atol=0.05)
+
+
+def test_each_rank_of_a_data_parallel_launch_loads_on_its_own_gpu(monkeypatch):
+    from pipelines.core.models import resolve_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("cuda") == "cuda" and resolve_device("cpu") == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "3")  # what accelerate launch sets for the fourth process
+    assert resolve_device("cuda") == "cuda:3" and resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"

@@ -56,9 +56,12 @@ def convert_embedded(cache_dir: str | Path) -> tuple[Path, dict[str, Any]]:
 def resolve_device(device: str) -> str:
     import torch
 
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        # one rank of a data-parallel launch (train.processes): its own GPU, not every rank's copy on GPU 0
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device
 
 
 def resolve_dtype(dtype: str, device: str):

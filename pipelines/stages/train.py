@@ -150,6 +150,8 @@ def launch(params: Params, folder: Path, algorithm: str) -> dict[str, Any]:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                    "--num_processes", str(params.train.processes), "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                   # the cores split between the processes: each torch otherwise starts one thread per core
+                   "--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // params.train.processes)),
                    "-m", "pipelines.stages.train", str(spec), str(folder), algorithm, str(result)]
         finished = subprocess.run(command)
         if finished.returncode != 0 or not result.exists():
