@@ -28,3 +28,15 @@ def test_benchmark_reports_every_case_with_stock_equal_values(tiny_model, tokeni
     assert [r["method"] for r in results["record"]] == ["feature_ablation", "lime"]
     assert results["stock_default_path"]["seconds"] > 0
     assert "| lime |" in benchmark.markdown(results)
+
+
+def test_fine_tune_benchmark_times_one_and_two_processes_on_the_same_steps(tiny_model_dir, tmp_path):
+    import fine_tune
+
+    results = fine_tune.run({"id": str(tiny_model_dir), "device": "cpu"}, [1, 2], steps=2, batch_size=2,
+                            workdir=tmp_path)
+    one, two = results["runs"]
+    assert (one["processes"], two["processes"]) == (1, 2) and one["steps"] == two["steps"] == 2
+    assert one["train_runtime_ratio"] == 1.0 and two["train_runtime_ratio"] > 0
+    assert one["losses"][0] == two["losses"][0] == 0.6931  # DPO at step 1: the policy is its reference
+    assert "| 2 | 2 |" in fine_tune.markdown({**results, "model": {"id": "tiny"}, "machine": {"device": "cpu"}})
