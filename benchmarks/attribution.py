@@ -22,7 +22,6 @@ import platform
 import resource
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -264,6 +263,8 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
+    from results_files import write_results
+
     from pipelines.core.config import AttributeParams, ModelParams, TasksParams
     from pipelines.core.models import load_model
     from pipelines.stages.tasks import build_tasks, load_rows
@@ -277,12 +278,7 @@ def main() -> None:
                            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
                "model": identity, "task": task.id, "n_samples": args.n_samples, "ig_steps": args.ig_steps,
                **run(model, tokenizer, task, params, args.methods.split(","), lime_500=not args.no_lime_500)}
-    out = Path(args.out or f"benchmarks/results/attribution-{args.device.split(':')[0]}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
-    print(f"written: {out} and {out.with_suffix('.md')}")
+    write_results(results, markdown(results), "attribution", args.device, args.out)
 
 
 if __name__ == "__main__":

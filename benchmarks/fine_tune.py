@@ -14,7 +14,6 @@ the DDP machinery costs; on N GPUs each process has its own device.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -90,6 +89,8 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
+    from results_files import write_results
+
     from pipelines.core.config import ModelParams
     from pipelines.core.models import load_model
 
@@ -101,12 +102,7 @@ def main() -> None:
                    "model": identity,
                    **run(model, [int(p) for p in args.processes.split(",")], args.steps, args.batch_size,
                          Path(workdir))}
-    out = Path(args.out or f"benchmarks/results/fine_tune-{args.device.split(':')[0]}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
-    print(f"written: {out} and {out.with_suffix('.md')}")
+    write_results(results, markdown(results), "fine_tune", args.device, args.out)
 
 
 if __name__ == "__main__":
