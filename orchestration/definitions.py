@@ -1,6 +1,7 @@
 """The Dagster code location: `dagster dev` (or `make ui`) from the repository root loads `defs`.
 
-Partitions come from the params file: PSCB_PARAMS (default params.yaml), the file the assets read."""
+Partitions come from the params file: PSCB_PARAMS (default params.yaml), the file the assets read. Steps
+run where PSCB_EXECUTOR says (orchestration/executor.py): in the run's process by default."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import dagster as dg
 
 from orchestration.assets import build_assets
 from orchestration.automation import build_automation_sensor, build_jobs, build_schedule
+from orchestration.executor import executor_from_env
 from orchestration.resources import DvcLock, MlflowTracking, PscbParams
 from pipelines.core.config import load_params
 
@@ -20,9 +22,7 @@ def build_definitions(params_path: str = "params.yaml", repo: str = ".") -> dg.D
     return dg.Definitions(
         assets=build_assets(params), jobs=[bank_job, model_job], schedules=[build_schedule(params, bank_job)],
         sensors=[build_automation_sensor()],
-        # steps in the run's own process: a run waiting for the compute pool then sleeps (the multiprocess
-        # executor polled at about half a core per waiting run on 2 cores), and no step pays a new interpreter
-        executor=dg.in_process_executor,
+        executor=executor_from_env(),
         resources={"pscb": PscbParams(path=params_path), "dvc": DvcLock(repo=repo, params=params_path),
                    "mlflow": MlflowTracking()})
 
