@@ -115,6 +115,8 @@ def load_model(params: ModelParams):
     if identity["source"] == "hub":
         identity["revision"] = getattr(model.config, "_commit_hash", None) or params.revision
     identity.update(dtype=str(dtype).removeprefix("torch."), device=device)
-    if device == "cpu":
+    # every core, unless the launcher split them (accelerate's ranks, Dask workers): two processes that
+    # each spin two OpenMP threads on two cores ran 8x slower than one (benchmarks/backfill.py)
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     return model, tokenizer, identity
