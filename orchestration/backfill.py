@@ -121,8 +121,9 @@ def wait(instance: dg.DagsterInstance, backfill_id: str, expected: int, timeout_
 
 
 def run_timing(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict:
-    """Seconds from the event log: queued (enqueued to dequeued), launch (dequeued to the run worker's
-    start), steps (the union of step intervals, a step's last attempt), and overhead = the rest."""
+    """Seconds from the event log: queued (enqueued until the coordinator launches it: limits and pool
+    slots), launch (to the run worker's start: a process and the code location's import), steps (the
+    union of step intervals, a step's last attempt) and overhead (the rest of the run: hand-offs)."""
     times: dict[str, float] = {}
     starts: dict[str, float] = {}
     steps: list[tuple[float, float]] = []
@@ -131,22 +132,21 @@ def run_timing(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict:
         if event is None:
             continue
         kind = event.event_type_value
-        if kind in ("PIPELINE_ENQUEUED", "PIPELINE_DEQUEUED", "PIPELINE_START", "PIPELINE_SUCCESS",
+        if kind in ("PIPELINE_ENQUEUED", "PIPELINE_STARTING", "PIPELINE_START", "PIPELINE_SUCCESS",
                     "PIPELINE_FAILURE"):
             times.setdefault(kind, record.timestamp)
         elif kind == "STEP_START":
             starts[event.step_key] = record.timestamp
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in starts:
             steps.append((starts.pop(event.step_key), record.timestamp))
-    end = times.get("PIPELINE_SUCCESS", times.get("PIPELINE_FAILURE", 0.0))
+    enqueued = times.get("PIPELINE_ENQUEUED", times.get("PIPELINE_STARTING", 0.0))
+    starting = times.get("PIPELINE_STARTING", enqueued)
+    started = times.get("PIPELINE_START", starting)
+    end = times.get("PIPELINE_SUCCESS", times.get("PIPELINE_FAILURE", started))
     step_s = sum(b - a for a, b in merge(steps))
-    queued = times.get("PIPELINE_DEQUEUED", times.get("PIPELINE_ENQUEUED", 0.0))
-    return {"partition": run.tags.get("dagster/partition"), "status": run.status.value,
-            "enqueued": times.get("PIPELINE_ENQUEUED"), "end": end,
-            "queued_s": queued - times.get("PIPELINE_ENQUEUED", queued),
-            "launch_s": times.get("PIPELINE_START", queued) - queued,
-            "steps_s": step_s, "overhead_s": end - times.get("PIPELINE_START", end) - step_s,
-            "step_intervals": sorted(steps)}
+    return {"partition": run.tags.get("dagster/partition"), "status": run.status.value, "enqueued": enqueued,
+            "end": end, "queued_s": starting - enqueued, "launch_s": started - starting, "steps_s": step_s,
+            "overhead_s": end - started - step_s, "step_intervals": sorted(steps)}
 
 
 def merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -54,20 +54,20 @@ def connect(address: str, timeout_s: float):
 
 
 class RunScopedDaskExecutor(dg.Executor):
-    """dagster-dask's executor with task keys scoped to the run.
+    """dagster-dask's executor (0.29.27) with three of its behaviours changed; each step still runs
+    through dagster-dask's own worker function.
 
-    dagster-dask keys a step's Dask task `<job>.<step>`; Dask merges tasks with equal keys, so two
-    partition runs of one job in flight at once shared one execution and the second was reported
-    successful without running (dagster-io/dagster#21418, still so in 0.29.27). And its arguments are
-    bound outside Dask's view: dask 2026 parses task arguments recursively, which fails on Dagster's
-    run records (dagster-dask 0.29.27 with distributed 2026.8 fails every run). And a step is submitted
-    only once its upstream steps succeeded, with no Dask dependencies: dagster-dask passes upstream
-    futures as arguments, so a worker killed during a step also lost the finished upstream results it
-    held, and Dask ran those steps again (each a second materialization). Here a finished step's result
-    is taken and released at once; only the step a dead worker was running is resubmitted by the Dask
-    scheduler (its allowed-failures), and the stages resume from what that worker appended. Each step
-    still runs through dagster-dask's own worker function; the steps downstream of a failed one are
-    not run, so the run fails."""
+    - Task keys carry the run id. dagster-dask keys a step `<job>.<step>` and Dask merges tasks with equal
+      keys, so of two partition runs of one job in flight the second was reported successful without
+      running (dagster-io/dagster#21418).
+    - A step's arguments are bound in a partial, outside Dask's view: dask 2026 walks into task
+      arguments and fails on Dagster's run records, so every run failed.
+    - A step is submitted once its upstream steps succeeded, with no Dask dependencies, and its result is
+      taken and released at once. dagster-dask passed upstream futures as arguments, so a worker killed
+      during a step also lost the finished upstream results it held and Dask ran those steps again (a
+      second materialization each). Now only the step a dead worker was running is resubmitted (the
+      scheduler's allowed-failures), and its stage resumes from what that worker appended. Steps
+      downstream of a failed one are not run, so the run fails."""
 
     def __init__(self, address: str, timeout_s: float):
         self.address = address
