@@ -31,6 +31,7 @@ import dagster as dg
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from orchestration.assets import COMPUTE_POOL
+from orchestration.cluster import stop
 from orchestration.executor import CLUSTER_COMMAND, GPU_RESOURCE, ClusterUnavailable, connect
 
 MODULE = "orchestration.definitions"
@@ -83,12 +84,7 @@ def daemon(instance: dg.DagsterInstance, log: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop([process.pid])  # its process group: the code server it started goes with it
 
 
 def submit(job: str, partitions: list[str] | None) -> str:

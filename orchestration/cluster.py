@@ -81,6 +81,7 @@ def wait_for_workers(address: str, workers: int, timeout_s: float = 120) -> None
 
 
 def stop(pids: list[int]) -> None:
+    """SIGTERM each process group (started with start_new_session), SIGKILL what is left after 20 s."""
     for pid in reversed(pids):  # workers first, so none reconnects to a new scheduler
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestration.cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down"])
-    parser.add_argument("--workers", type=int, default=max(1, gpu_count()))
+    parser.add_argument("--workers", type=int, help="default: one per GPU, or 1")
     parser.add_argument("--port", type=int, default=8786)
     args = parser.parse_args(argv)
     pid_file = STATE / "pids.json"
@@ -128,16 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     if pid_file.exists():
         print(f"a cluster is already up ({pid_file}); `python -m orchestration.cluster down` first", file=sys.stderr)
         return 1
-    address, pids = start(args.workers, args.port, STATE)
+    workers = args.workers or max(1, gpu_count())  # only `up` pays for importing torch
+    address, pids = start(workers, args.port, STATE)
     pid_file.write_text(json.dumps({"address": address, "pids": pids}))
     try:
-        wait_for_workers(address, args.workers)
+        wait_for_workers(address, workers)
     except TimeoutError as err:
         stop(pids)
         pid_file.unlink()
         print(f"error: {err}; logs in {STATE}/", file=sys.stderr)
         return 1
-    print(f"{args.workers} workers at {address} (logs in {STATE}/). For Dagster:\n"
+    print(f"{workers} workers at {address} (logs in {STATE}/). For Dagster:\n"
           f"  export PSCB_EXECUTOR=dask DASK_SCHEDULER_ADDRESS={address}")
     return 0
 
