@@ -134,3 +134,23 @@ def test_each_rank_of_a_data_parallel_launch_loads_on_its_own_gpu(monkeypatch):
     assert resolve_device("cuda") == "cuda" and resolve_device("cpu") == "cpu"
     monkeypatch.setenv("LOCAL_RANK", "3")  # what accelerate launch sets for the fourth process
     assert resolve_device("cuda") == "cuda:3" and resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
+
+
+def test_a_rerun_reuses_a_finished_fine_tune_and_never_resumes_other_settings(params):
+    """No new MLflow run when nothing changed; checkpoints of another learning rate are set aside, not resumed."""
+    dpo_only = params.model_copy(update={"train": params.train.model_copy(update={"algorithms": ("dpo",)})})
+    data = Path(params.data_dir)
+    first = train.run(dpo_only, data)["dpo"]
+    client = mlflow.MlflowClient(params.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(params.mlflow.training_experiment)
+    again = train.run(dpo_only.model_copy(update={"train": dpo_only.train.model_copy(update={"save_steps": 2})}),
+                      data)["dpo"]
+    assert again["reused"] and again["mlflow_run_id"] == first["mlflow_run_id"]
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    faster = dpo_only.model_copy(update={"train": dpo_only.train.model_copy(update={"learning_rate": 5e-3})})
+    changed = train.run(faster, data)["dpo"]
+    assert not changed["reused"] and changed["restarted_for"] == ["train.learning_rate"]
+    steps = [h["step"] for h in changed["log_history"] if "loss" in h]
+    assert steps == [1, 2, 3]  # trained from step 1: no checkpoint of the old learning rate was resumed
+    assert (data / "rejected" / "stale" / "models" / "dpo" / "fingerprint.json").exists()
+    assert len(client.search_runs([experiment.experiment_id])) == 2

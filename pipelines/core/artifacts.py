@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.core.config import Params
+from pipelines.core.provenance import attribute_settings, generate_settings
 from pipelines.core.quality import QualityReport, validate
 from pipelines.core.records import read_records, torn_tail
 
@@ -103,8 +104,10 @@ def parts(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, l
 
     name = artifact.asset
     if name in ("raw_tasks", "generations", "attributions"):
-        expected = {"raw_tasks": {"dataset": folder.name}, "attributions": {},
-                    "generations": {"n_explanations": params.generate.n_explanations}}[name]
+        expected = {"raw_tasks": {"dataset": folder.name},
+                    "attributions": {"settings": {m: attribute_settings(params, m) for m in params.attribute.methods}},
+                    "generations": {"n_explanations": params.generate.n_explanations,
+                                    "settings": generate_settings(params)}}[name]
         return [(folder.name, list(read_records(folder / artifact.files[0])), expected)]
     if name == "bank":
         return [(folder.name, pd.read_parquet(folder / "bank.parquet").to_dict("records"), {})]
@@ -176,7 +179,7 @@ class Previous:
 
     def __init__(self, artifact: Artifact, folder: Path, staging: Path):
         self.artifact, self.folder, self.staging = artifact, folder, staging
-        self.appended: dict[str, tuple[int, bytes]] = {}
+        self.appended: dict[str, tuple[int, bytes, int]] = {}
         self.kept: list[str] = []
         if staging.exists():
             shutil.rmtree(staging)
@@ -186,7 +189,7 @@ class Previous:
                 continue
             if name in artifact.appended:
                 tail = torn_tail(path)  # a torn last line, which the Appender will cut
-                self.appended[name] = (path.stat().st_size - len(tail), tail)
+                self.appended[name] = (path.stat().st_size - len(tail), tail, path.stat().st_ino)
                 continue
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             if path.is_dir():
@@ -199,13 +202,22 @@ class Previous:
             self.kept.append(name)
 
     def reject_and_restore(self, rejected: Path) -> None:
-        """Move the failed output to `rejected` and put the previous output back in its place."""
+        """Move the failed output to `rejected` and put the previous output back in its place. An appended
+        file the stage started afresh (its previous one made under other settings, now in rejected/stale:
+        pipelines/core/provenance.py) has no valid previous output to restore."""
+        restarted = any((self.folder / name).exists() and (self.folder / name).stat().st_ino != inode
+                        for name, (_, _, inode) in self.appended.items())
+        if restarted:
+            for name in self.artifact.files:
+                if (self.folder / name).exists():
+                    _move(self.folder / name, rejected / name)
+            return
         for name in self.artifact.files:
             path = self.folder / name
             if not path.exists():
                 continue
             if name in self.appended:
-                length, tail = self.appended[name]
+                length, tail, _ = self.appended[name]
                 if path.stat().st_size < length:
                     raise RuntimeError(f"{path} was rewritten, not appended to: its previous content is lost")
                 rejected.mkdir(parents=True, exist_ok=True)

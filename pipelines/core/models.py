@@ -99,6 +99,18 @@ def merge_adapter(model, adapter: Path, identity: dict[str, Any]):
     return PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
 
+def model_fingerprint(params: ModelParams) -> dict[str, Any]:
+    """The model's part of a record's fingerprint: which weights (and adapter) at which dtype on which kind
+    of device, without loading them. Records made on CPU and on CUDA differ in their last bits."""
+    _, identity = model_source(params)
+    device = resolve_device(params.device)
+    found = {k: identity[k] for k in ("id", "source", "sha256", "revision") if k in identity}
+    found.update(dtype=str(resolve_dtype(params.dtype, device)).removeprefix("torch."), device=device.split(":")[0])
+    if params.adapter:
+        found["adapter_sha256"] = sha256(Path(params.adapter) / "adapter_model.safetensors")
+    return found
+
+
 def load_model(params: ModelParams):
     """Load (model, tokenizer, identity) in eval mode on the configured device and dtype."""
     import torch

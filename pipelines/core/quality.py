@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.analysis.controls import COUNTERFACTUAL, MISMATCHED
 from pipelines.attribution.catalog import ATTRIBUTION_METHODS
 from pipelines.core.config import DATASETS, METRICS
+from pipelines.core.provenance import mismatched_settings
 from pipelines.core.records import Attribution, Generation, Task
 from pipelines.stages.pair import PAIR_SPLITS
 
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 ARTIFACTS = ("tasks", "generations", "attributions", "bank", "pairs", "training_log", "eval_metrics")
 SPLITS = ("train", "eval", "test")
 PARSE_STATUSES = ("letter", "text", "unparseable")
-EXPECTED = ("dataset", "n_explanations", "min_margin", "keep_ties", "min_rows")
+EXPECTED = ("dataset", "n_explanations", "min_margin", "keep_ties", "min_rows", "settings")
+SETTINGS_RULE = "settings_match_params"
 CONTROL_KINDS = (COUNTERFACTUAL, MISMATCHED)
 ROW_ID = "row_id"  # the column GX reports offending rows by
 MAX_ROWS = 20
@@ -214,7 +216,8 @@ def _expectations(artifact: str, table: pd.DataFrame, expected: dict[str, Any]) 
         return gxe.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high)
 
     def rules(skip: tuple[str, ...] = ()) -> list:
-        return [among(name, [True]) for name in DERIVED[artifact] if name not in (*skip, *COUNTS)]
+        names = [*DERIVED[artifact], *([SETTINGS_RULE] if SETTINGS_RULE in table else [])]
+        return [among(name, [True]) for name in names if name not in (*skip, *COUNTS)]
 
     common = [gxe.ExpectTableRowCountToBeBetween(min_value=expected.get("min_rows", 1)),
               gxe.ExpectColumnValuesToBeUnique(column=ROW_ID)]
@@ -297,13 +300,30 @@ def _failure(result: Any) -> Failure:
                    message=f"{config.type}{where}: {detail}")
 
 
+def _settings_match(artifact: str, rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[bool]:
+    """Whether each record's own `settings` hold this run's record-determining values (a file mixed by hand
+    or by an older version fails): for attributions `settings` is per method, and a method this run does
+    not attribute does not belong in its file."""
+    def expected(row: dict[str, Any]) -> dict[str, Any] | None:
+        return settings.get(row.get("method")) if artifact == "attributions" else settings
+
+    def matches(row: dict[str, Any]) -> bool:
+        wanted = expected(row)
+        return wanted is not None and not list(mismatched_settings([row], lambda _: wanted))
+
+    return [_judge(matches, row) for row in rows]
+
+
 def validate(artifact: str, rows: list[dict[str, Any]], **expected: Any) -> QualityReport:
     """Run `artifact`'s suite on `rows`. expected: dataset (a name or several; tasks), n_explanations
-    (generations), min_margin and keep_ties (pairs, as in params.pair), min_rows (default 1)."""
+    (generations), min_margin and keep_ties (pairs, as in params.pair), min_rows (default 1), settings (the
+    record-determining values every record's `settings` must hold: generations; per method: attributions)."""
     unknown = sorted(set(expected) - set(EXPECTED))
     if unknown:
         raise TypeError(f"unknown expected value(s) {unknown}; choose from {list(EXPECTED)}")
     table = frame(artifact, rows)
+    if "settings" in expected:
+        table[SETTINGS_RULE] = _settings_match(artifact, rows, expected["settings"])
     definition = _batch_definition()  # first: it configures GX before anything else imports it
     import great_expectations as gx
 

@@ -32,3 +32,15 @@ def use_experiment(tracking_uri: str, name: str) -> str:
                                                  tags={EXPERIMENT_KIND: MODEL_TRAINING})
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def run_exists(tracking_uri: str, run_id: str | None) -> bool:
+    """Whether the store still holds a finished run: a rerun that trained or evaluated nothing new reuses it."""
+    import mlflow
+
+    if not run_id:
+        return False
+    try:
+        return mlflow.MlflowClient(tracking_uri).get_run(run_id).info.status == "FINISHED"
+    except mlflow.exceptions.MlflowException:
+        return False

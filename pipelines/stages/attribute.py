@@ -28,6 +28,7 @@ from pipelines.attribution.engine import (
     record_seeds,
 )
 from pipelines.attribution.layout import record_sequences
+from pipelines.core import provenance
 from pipelines.core.config import AttributeParams, Params
 from pipelines.core.prompts import decision_conversation, explanation_conversation
 from pipelines.core.records import (
@@ -104,14 +105,23 @@ def run(params: Params, folder: Path, fail_after: int | None = None, shard: tupl
 
     from pipelines.core.models import load_model
 
+    from pipelines.core.models import model_fingerprint
+
     data = folder
-    source, out = data / "generations.jsonl", data / "attributions.jsonl"
+    source, out, summary_path = data / "generations.jsonl", data / "attributions.jsonl", data / "attributions_summary.json"
     generations = [Generation.from_dict(row) for row in read_stage_input(source, "generate")]
+    methods = params.attribute.methods  # their order is the records' order
+    current = provenance.fingerprint({"attribute": {"methods": list(methods), **{
+                                          m: provenance.attribute_settings(params, m) for m in methods}},
+                                      "model": model_fingerprint(params.model)}, {"generations.jsonl": source})
+    restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, folder),
+                                             lambda rows: legacy_changes(rows, params))
     done = existing_ids(out)
     todo = [(g, m) for g in generations for m in params.attribute.methods if f"{g.id}/{m}" not in done]
     todo = todo[shard[0]::shard[1]]
     started, timings = time.perf_counter(), {m: [] for m in params.attribute.methods}
     if todo:
+        provenance.claim(summary_path, current)
         model, tokenizer, _ = load_model(params.model)
         with Appender(out) as sink, tqdm(total=len(done) + len(todo), initial=len(done),
                                          desc="attribute", unit="record") as bar:
@@ -124,12 +134,23 @@ def run(params: Params, folder: Path, fail_after: int | None = None, shard: tupl
                 timings[method].append(time.perf_counter() - began)
                 bar.update()
     rows = list(read_records(out))
-    summary = {"path": str(out), "attributions": len(rows), "new": len(todo),
+    summary = {"path": str(out), "attributions": len(rows), "new": len(todo), "fingerprint": current,
+               "restarted_for": restarted,
                "seconds": round(time.perf_counter() - started, 2),
                # timing stays out of the records, so that a rerun reproduces them byte for byte
                "seconds_per_new_record": {m: _mean(t) for m, t in timings.items()}}
-    write_json(data / "attributions_summary.json", summary)
+    write_json(summary_path, summary)
     return summary
+
+
+def legacy_changes(rows: list[dict[str, Any]], params: Params) -> list[str]:
+    """Keys in which records written before fingerprints differ from this run's settings for their method."""
+    methods = params.attribute.methods
+    changed = {"attribute.methods" for row in rows if row["method"] not in methods}
+    known = [row for row in rows if row["method"] in methods]
+    changed |= {f"attribute.{key}" for _, keys in provenance.mismatched_settings(
+        known, lambda row: provenance.attribute_settings(params, row["method"])) for key in keys}
+    return sorted(changed)
 
 
 def _mean(values: list[float]) -> float | None:

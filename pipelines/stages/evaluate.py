@@ -20,7 +20,7 @@ from pipelines.analysis.controls import OWN
 from pipelines.analysis.movement import changed_outputs
 from pipelines.core.config import Params, evaluation_datasets
 from pipelines.core.records import Task, read_records, write_json, write_records
-from pipelines.core.tracking import use_experiment
+from pipelines.core.tracking import run_exists, use_experiment
 from pipelines.stages import attribute, generate, score
 from pipelines.stages.tasks import build_tasks, load_rows
 
@@ -65,6 +65,8 @@ def run(params: Params, data: Path) -> dict[str, Any]:
     import pandas as pd
 
     tasks = evaluation_tasks(params)
+    summary_path = data / "evaluation" / "evaluate_summary.json"
+    previous = json.loads(summary_path.read_text()).get("models", {}) if summary_path.exists() else {}
     summary: dict[str, Any] = {"tasks": len(tasks), "datasets": evaluation_datasets(params), "models": {}}
     for name in params.evaluate.models:
         own, folder = model_params(params, data, name), data / "evaluation" / name
@@ -81,7 +83,15 @@ def run(params: Params, data: Path) -> dict[str, Any]:
             changed = changed_outputs(list(read_records(base_generations)),
                                       list(read_records(folder / "generations.jsonl")))
             metrics.update({f"changed_{k}": v for k, v in changed.items() if k.endswith("_changed")})
-        metrics["mlflow_run_id"] = log_evaluation(params, data, name, own, metrics)
+        earlier = previous.get(name) or {}
+        same = _same({k: v for k, v in earlier.items() if k not in ("bank", "mlflow_run_id")}, metrics)
+        # the same generations, attributions and scores as the run that logged them: no duplicate MLflow run
+        metrics["mlflow_run_id"] = earlier["mlflow_run_id"] if same and run_exists(
+            params.mlflow.tracking_uri, earlier.get("mlflow_run_id")) else log_evaluation(params, data, name, own, metrics)
         summary["models"][name] = {"bank": str(folder / "bank.parquet"), **metrics}
-    write_json(data / "evaluation" / "evaluate_summary.json", summary)
+    write_json(summary_path, summary)
     return summary
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN (undefined) equals NaN here

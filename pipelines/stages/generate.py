@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.attribution.layout import chat_ids
+from pipelines.core import provenance
 from pipelines.core.config import GenerateParams, Params
 from pipelines.core.prompts import (
     decision_conversation,
@@ -175,13 +176,20 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
 
     from pipelines.core.models import load_model
 
+    from pipelines.core.models import model_fingerprint
+
     data = folder
-    source, out = data / "tasks.jsonl", data / "generations.jsonl"
+    source, out, summary_path = data / "tasks.jsonl", data / "generations.jsonl", data / "generations_summary.json"
     tasks = [Task.from_dict(row) for row in read_stage_input(source, "tasks")]
+    current = provenance.fingerprint({"generate": provenance.generate_settings(params),
+                                      "model": model_fingerprint(params.model)}, {"tasks.jsonl": source})
+    restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, folder),
+                                             lambda rows: legacy_changes(rows, params, current))
     done = existing_ids(out)
     todo = [t for t in tasks if t.id not in done]
     started = time.perf_counter()
     if todo:
+        provenance.claim(summary_path, current)
         model, tokenizer, identity = load_model(params.model)
         size = params.generate.tasks_per_chunk
         with Appender(out) as sink, tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="generate",
@@ -194,12 +202,23 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
     rows = list(read_records(out))
     graded = [r for r in rows if r["correct"] is not None]
     summary = {
-        "path": str(out), "generations": len(rows), "new": len(todo),
+        "path": str(out), "generations": len(rows), "new": len(todo), "fingerprint": current,
+        "restarted_for": restarted,
         "seconds": round(time.perf_counter() - started, 2),
         "accuracy": sum(r["correct"] for r in graded) / len(graded) if graded else None,
         "unparseable": sum(r["parse_status"] == "unparseable" for r in rows),
         "empty_explanations": sum(not e for r in rows for e in r["explanations"]),
         "counterfactuals": _counterfactual_counts([r.get("counterfactual") for r in rows]),
     }
-    write_json(data / "generations_summary.json", summary)
+    write_json(summary_path, summary)
     return summary
+
+
+def legacy_changes(rows: list[dict[str, Any]], params: Params, current: dict[str, Any]) -> list[str]:
+    """Keys in which records written before fingerprints differ from this run (their own settings and model)."""
+    model, expected = current["params"]["model"], provenance.generate_settings(params)
+    changed = {f"generate.{key}" for _, keys in provenance.mismatched_settings(rows, lambda _: expected)
+               for key in keys}
+    changed |= {f"model.{key}" for row in rows for key in ("sha256", "dtype") if row["model"].get(key) != model.get(key)}
+    return sorted(changed)
+

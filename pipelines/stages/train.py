@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.analysis.movement import policy_movement
+from pipelines.core import provenance
 from pipelines.core.config import Params, TrainParams
 from pipelines.core.records import read_stage_input, sha256, write_json
-from pipelines.core.tracking import use_experiment
+from pipelines.core.tracking import run_exists, use_experiment
 
 
 def lora_config(params: TrainParams):
@@ -160,15 +161,54 @@ def launch(params: Params, folder: Path, algorithm: str) -> dict[str, Any]:
         return json.loads(result.read_text())
 
 
+def training_fingerprint(params: Params, folder: Path, algorithm: str) -> dict[str, Any]:
+    """What a fine-tune's checkpoints and adapter depend on: its algorithm, the record-determining train
+    params, the seed, the base model and the pairs."""
+    from pipelines.core.models import model_fingerprint
+
+    pairs = {f"pairs/{name}": folder / "pairs" / name for name in ("train.jsonl", "eval.jsonl")
+             if (folder / "pairs" / name).exists()}
+    return provenance.fingerprint({"algorithm": algorithm, "train": provenance.section_settings("train", params.train),
+                                   "seed": params.seed, "model": model_fingerprint(params.model)}, pairs)
+
+
+def prepare(params: Params, folder: Path, algorithm: str, current: dict[str, Any],
+            previous: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    """(the finished fine-tune to reuse, or None; the keys that made an earlier one stale). Checkpoints of
+    other settings move to rejected/stale, so `train` never resumes them; the fingerprint is written before
+    training, so a killed run's checkpoints carry theirs."""
+    place = folder / "models" / algorithm
+    marker = place / "fingerprint.json"
+    recorded = json.loads(marker.read_text()) if marker.exists() else None
+    changed: list[str] = []
+    if place.exists() and recorded != current:
+        changed = [k.removeprefix("params.") for k in provenance.changed_keys(recorded, current)] \
+            if recorded is not None else ["fingerprint"]  # checkpoints from before fingerprints
+        provenance.set_aside([place], provenance.stale_place(params, folder) / "models")
+    done = previous.get(algorithm) or {}
+    if not changed and done.get("fingerprint") == current and (place / "adapter" / "adapter_model.safetensors").exists() \
+            and run_exists(params.mlflow.tracking_uri, done.get("mlflow_run_id")):
+        return done, []
+    write_json(marker, current)
+    return None, changed
+
+
 def run(params: Params, folder: Path) -> dict[str, Any]:
-    train_path = folder / "pairs" / "train.jsonl"
+    """Each fine-tune, or the finished one from an earlier run with the same fingerprint (no new MLflow run)."""
+    train_path, summary_path = folder / "pairs" / "train.jsonl", folder / "train_summary.json"
     train_pairs, eval_pairs = read_pairs(folder)
+    previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary: dict[str, Any] = {"pairs": {"train": len(train_pairs), "eval": len(eval_pairs),
                                          "train_sha256": sha256(train_path)}}
     for algorithm in params.train.algorithms:
-        summary[algorithm] = fit(params, folder, algorithm) if params.train.processes == 1 \
-            else launch(params, folder, algorithm)
-    write_json(folder / "train_summary.json", summary)
+        current = training_fingerprint(params, folder, algorithm)
+        reused, changed = prepare(params, folder, algorithm, current, previous)
+        if reused is not None:
+            summary[algorithm] = {**reused, "reused": True}
+            continue
+        made = fit(params, folder, algorithm) if params.train.processes == 1 else launch(params, folder, algorithm)
+        summary[algorithm] = {**made, "fingerprint": current, "restarted_for": changed, "reused": False}
+    write_json(summary_path, summary)
     return summary
 
 
