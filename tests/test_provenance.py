@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.core.config import Params
-from pipelines.core.provenance import attribute_settings, changed_keys
+from pipelines.core.provenance import changed_keys
+from pipelines.stages.attribute import method_settings as attribute_settings
 from pipelines.core.records import read_records
 from pipelines.stages import attribute, generate, tasks
 

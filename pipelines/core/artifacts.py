@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.core.config import Params
-from pipelines.core.provenance import attribute_settings, generate_settings
 from pipelines.core.quality import QualityReport, validate
 from pipelines.core.records import read_records, torn_tail
 
@@ -104,10 +103,13 @@ def parts(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, l
 
     name = artifact.asset
     if name in ("raw_tasks", "generations", "attributions"):
+        from pipelines.stages.attribute import method_settings
+        from pipelines.stages.generate import record_settings
+
         expected = {"raw_tasks": {"dataset": folder.name},
-                    "attributions": {"settings": {m: attribute_settings(params, m) for m in params.attribute.methods}},
+                    "attributions": {"settings": {m: method_settings(params, m) for m in params.attribute.methods}},
                     "generations": {"n_explanations": params.generate.n_explanations,
-                                    "settings": generate_settings(params)}}[name]
+                                    "settings": record_settings(params)}}[name]
         return [(folder.name, list(read_records(folder / artifact.files[0])), expected)]
     if name == "bank":
         return [(folder.name, pd.read_parquet(folder / "bank.parquet").to_dict("records"), {})]
