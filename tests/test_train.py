@@ -154,3 +154,18 @@ def test_a_rerun_reuses_a_finished_fine_tune_and_never_resumes_other_settings(pa
     assert steps == [1, 2, 3]  # trained from step 1: no checkpoint of the old learning rate was resumed
     assert (data / "rejected" / "stale" / "models" / "dpo" / "fingerprint.json").exists()
     assert len(client.search_runs([experiment.experiment_id])) == 2
+
+
+def test_reference_log_probs_computed_once_give_the_per_step_losses(params, tiny_model, tokenizer, tmp_path):
+    """TRL's precompute_ref_log_probs (the default) against the reference forward in every step: same losses."""
+    import copy
+
+    use_experiment(params.mlflow.tracking_uri, "reference")
+    losses = {}
+    for precompute in (False, True):
+        spec = params.train.model_copy(update={"max_steps": 3, "precompute_ref_log_probs": precompute})
+        trainer = train.train("dpo", copy.deepcopy(tiny_model), tokenizer, pairs(4, "train"), pairs(2, "eval"), spec,
+                              tmp_path / f"precompute-{precompute}", seed=1)
+        losses[precompute] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    mlflow.end_run()
+    assert len(losses[True]) == 3 and np.allclose(losses[True], losses[False], rtol=1e-5, atol=1e-6), losses

