@@ -39,13 +39,17 @@ test: install
 ui: install
 	DAGSTER_HOME=$(CURDIR)/.dagster DO_NOT_TRACK=1 $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
-# a Dask cluster on this machine (WORKERS workers, one GPU slot each), then every bank partition through
-# Dagster's run queue on it; `python -m orchestration.cluster down` stops the cluster
+# a Dask cluster on this machine (WORKERS workers, one GPU slot each), listening on 127.0.0.1 only, then
+# every bank partition through Dagster's run queue on it; `python -m orchestration.cluster down` stops the
+# cluster. PSCB_DASK_TLS_DIR=<folder of `python -m orchestration.cluster certs`>: both speak TLS only
+# (docs/security.md)
 WORKERS ?= 2
-DASK_ADDRESS ?= tcp://127.0.0.1:8786
+PSCB_DASK_TLS_DIR ?=
+TLS_DIR := $(if $(PSCB_DASK_TLS_DIR),$(abspath $(PSCB_DASK_TLS_DIR)))
+DASK_ADDRESS ?= $(if $(TLS_DIR),tls,tcp)://127.0.0.1:8786
 cluster: install
-	PSCB_EXECUTOR=dask DO_NOT_TRACK=1 $(PY) -m orchestration.cluster up --workers $(WORKERS)
+	PSCB_EXECUTOR=dask PSCB_DASK_TLS_DIR=$(TLS_DIR) DO_NOT_TRACK=1 $(PY) -m orchestration.cluster up --workers $(WORKERS)
 
 backfill: install
-	DAGSTER_HOME=$(CURDIR)/.dagster PSCB_EXECUTOR=dask DASK_SCHEDULER_ADDRESS=$(DASK_ADDRESS) DO_NOT_TRACK=1 \
-	  $(PY) -m orchestration.backfill --figures .dagster/backfill.json
+	DAGSTER_HOME=$(CURDIR)/.dagster PSCB_EXECUTOR=dask DASK_SCHEDULER_ADDRESS=$(DASK_ADDRESS) \
+	  PSCB_DASK_TLS_DIR=$(TLS_DIR) DO_NOT_TRACK=1 $(PY) -m orchestration.backfill --figures .dagster/backfill.json

@@ -3,6 +3,10 @@
     export DAGSTER_HOME=$PWD/.dagster PSCB_EXECUTOR=dask DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:8786
     python -m orchestration.backfill [--job build_bank] [--partitions a|m,b|m] [--figures out.json]
 
+A TLS cluster (`python -m orchestration.cluster certs DIR`, then `up` with PSCB_DASK_TLS_DIR=DIR) has a
+tls:// address; with PSCB_DASK_TLS_DIR=DIR here too, this check, the daemon it starts and every run's Dask
+executor connect with that folder's certificate (docs/security.md).
+
 Submits one run per partition with `dagster job backfill` (a backfill the UI lists), so the instance's
 queued run coordinator launches them under its limits; the `pscb_compute` pool is first set to the
 cluster's GPU slots (as `dagster instance concurrency set` would), so as many runs hold compute steps as
@@ -32,7 +36,7 @@ from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from orchestration.assets import COMPUTE_POOL
 from orchestration.cluster import stop
-from orchestration.executor import CLUSTER_COMMAND, GPU_RESOURCE, ClusterUnavailable, connect
+from orchestration.executor import CLUSTER_COMMAND, GPU_RESOURCE, TLS_DIR_ENV, ClusterUnavailable, connect, tls_dir
 
 MODULE = "orchestration.definitions"
 DAEMON_BEAT_S = 30
@@ -177,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: set DAGSTER_HOME (the instance whose queue runs the backfill)", file=sys.stderr)
         return 2
     try:
+        if (folder := tls_dir()) is not None:  # absolute: the daemon's runs start in other directories
+            os.environ[TLS_DIR_ENV] = str(folder)
         slots = cluster_gpu_slots()
     except ClusterUnavailable as err:
         print(f"error: {err}; no run was submitted", file=sys.stderr)

@@ -2,6 +2,8 @@
 
     PSCB_EXECUTOR=in_process | dask | k8s        (default in_process)
     DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:8786  (dask: the scheduler `python -m orchestration.cluster` starts)
+    PSCB_DASK_TLS_DIR=<folder>                   (dask, between hosts: `python -m orchestration.cluster certs`
+                                                  writes it; the address is then tls://...)
 
 The code location reads these when it loads, so the webserver, the daemon, every run worker and every
 Dask worker must be started with the same values (the cluster command and deploy/ do). Compute steps
@@ -14,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import partial
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.errors import raise_execution_interrupts
@@ -37,15 +40,53 @@ COMPUTE_TAGS = {
 CLUSTER_COMMAND = "python -m orchestration.cluster up --workers N"
 
 
+TLS_DIR_ENV = "PSCB_DASK_TLS_DIR"
+TLS_FILES = {"ca": "ca.pem", "cert": "cert.pem", "key": "key.pem"}  # what `cluster certs DIR` writes
+
+
 class ClusterUnavailable(dg.DagsterError):
     """The Dask scheduler did not answer: no step was submitted, so nothing was written."""
 
 
-def connect(address: str, timeout_s: float):
+def tls_dir(env: Mapping[str, str] | None = None) -> Path | None:
+    """The certificate folder PSCB_DASK_TLS_DIR names (absolute), or None: the cluster speaks plain TCP."""
+    value = (os.environ if env is None else env).get(TLS_DIR_ENV, "")
+    if not value:
+        return None
+    folder = Path(value).expanduser().resolve()
+    missing = [name for name in TLS_FILES.values() if not (folder / name).is_file()]
+    if missing:
+        raise ClusterUnavailable(f"{TLS_DIR_ENV}={value}: {', '.join(missing)} missing; make the folder with "
+                                 f"`python -m orchestration.cluster certs {value}`")
+    return folder
+
+
+def security(env: Mapping[str, str] | None = None):
+    """Dask's Security for a client, the scheduler and the workers: the cluster's CA, its one certificate
+    (every member presents it, and is refused without it: mutual TLS), encryption required. With
+    PSCB_DASK_TLS_DIR unset, Dask's own configuration (distributed.comm.tls.*, default: none)."""
+    from distributed.security import Security
+
+    folder = tls_dir(env)
+    if folder is None:
+        return Security()
+    ca, cert, key = (str(folder / TLS_FILES[name]) for name in ("ca", "cert", "key"))
+    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert,
+                    tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key, require_encryption=True)
+
+
+def connect(address: str, timeout_s: float, env: Mapping[str, str] | None = None):
     import dask.distributed
 
+    settings = security(env)
+    if address.startswith("tls://") and settings.get_connection_args("client")["ssl_context"] is None:
+        raise ClusterUnavailable(f"the Dask scheduler at {address} speaks TLS: set {TLS_DIR_ENV} to the folder "
+                                 f"with the cluster's certificates (`python -m orchestration.cluster certs`)")
+    if settings.require_encryption and not address.startswith("tls://"):
+        raise ClusterUnavailable(f"{TLS_DIR_ENV} is set, so the cluster speaks TLS only: the scheduler address "
+                                 f"must be tls://..., not {address}")
     try:
-        return dask.distributed.Client(address, timeout=timeout_s, set_as_default=False)
+        return dask.distributed.Client(address, timeout=timeout_s, set_as_default=False, security=settings)
     except (OSError, TimeoutError) as err:
         raise ClusterUnavailable(
             f"the Dask scheduler at {address} did not answer within {timeout_s:.0f}s ({err.__class__.__name__}); "
