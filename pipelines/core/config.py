@@ -53,6 +53,8 @@ class KnownAnswerModelParams(Section):
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
     questions: int = Field(20000, ge=10, description="Training questions, drawn from a seed of their own.")
+    drill_share: float = Field(1.0, ge=0, description="Questions also trained on without instruction and options "
+                               "(pipelines/synthetic/model.py drill), as a share of `questions`.")
 
 
 class SyntheticParams(Section):

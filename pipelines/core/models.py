@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.config import EMBEDDED_MODEL, ModelParams
+from pipelines.core.config import EMBEDDED_MODEL, KNOWN_ANSWER_MODEL, ModelParams
 from pipelines.core.records import sha256
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,6 +77,14 @@ def model_source(params: ModelParams) -> tuple[str, dict[str, Any]]:
     if params.id == EMBEDDED_MODEL:
         folder, identity = convert_embedded(params.cache_dir)
         return str(folder), identity
+    if params.id == KNOWN_ANSWER_MODEL:
+        from pipelines.synthetic.model import known_answer_model
+
+        if params.world is None:
+            raise ValueError(f"model.id {KNOWN_ANSWER_MODEL} is built from the params' synthetic section: load it "
+                             "through load_params (or Params.model_validate of the whole params)")
+        folder, identity = known_answer_model(params.world, params.world_seed, params.cache_dir)
+        return str(folder), dict(identity)
     local = Path(params.id).expanduser()
     if local.is_dir():
         weights = sorted(local.glob("*.safetensors")) or sorted(local.glob("*.bin"))

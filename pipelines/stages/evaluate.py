@@ -1,4 +1,4 @@
-"""Base vs fine-tuned models on held-out tasks, in-domain and under domain shift (method.md section 7).
+"""Base vs fine-tuned models on held-out tasks, in-domain and under domain shift (docs/method.md section 7).
 
     python -m pipelines evaluate [--params params.yaml]
     # data/<model>/models/{dpo,sft}/adapter -> data/<model>/evaluation/{base,dpo,sft}/..., bank.parquet
@@ -30,7 +30,8 @@ def evaluation_tasks(params: Params) -> list[Task]:
     everything = params.tasks.model_copy(update={"max_per_dataset": None})
     chosen = []
     for dataset in evaluation_datasets(params):
-        tasks, _ = build_tasks(dataset, *load_rows(dataset, everything), everything, params.seed)
+        tasks, _ = build_tasks(dataset, *load_rows(dataset, everything, params.synthetic, params.seed),
+                               everything, params.seed)
         chosen.extend([t for t in tasks if t.split == "test"][: params.evaluate.tasks_per_dataset])
     return chosen
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.config import Params, TasksParams
+from pipelines.core.config import Params, SyntheticParams, TasksParams
 from pipelines.core.records import Choice, Task, sha256, write_json, write_records
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def map_codah(row: dict[str, Any], dataset: str, number: int | str) -> dict[str,
 
 MAPPINGS: dict[str, Callable[[dict[str, Any], str, int | str], dict[str, Any]]] = {
     "ecqa": map_ecqa, "arc_easy": map_arc_or_csqa, "arc_challenge": map_arc_or_csqa,
-    "codah": map_codah, "commonsense_qa": map_arc_or_csqa,
+    "codah": map_codah, "commonsense_qa": map_arc_or_csqa, "synthetic": map_arc_or_csqa,  # world.make_rows
 }
 
 
@@ -188,9 +188,20 @@ def _local_rows(dataset: str, split: str, root: Path) -> tuple[list[dict[str, An
     return rows, [ids_path, *csqa_paths]
 
 
-def load_rows(dataset: str, params: TasksParams) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Raw rows of one dataset and the identity of where they came from."""
+def load_rows(dataset: str, params: TasksParams, world: SyntheticParams | None = None, seed: int = 0
+              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Raw rows of one dataset and the identity of where they came from (`world` and `seed`: the synthetic
+    source's)."""
     split = params.source_split
+    if (params.source == "synthetic") != (dataset == "synthetic"):
+        raise ValueError(f"dataset {dataset} with tasks.source {params.source}: the synthetic dataset is the "
+                         "synthetic source's only one (tasks.source: synthetic, tasks.datasets: [synthetic])")
+    if params.source == "synthetic":
+        from pipelines.synthetic.world import make_rows
+
+        world = world or SyntheticParams()
+        return make_rows(world, seed), {"source": "synthetic", "seed": seed,
+                                        **world.model_dump(exclude={"model", "p_faithful"})}
     if params.source == "local":
         root = Path(params.local_dir).expanduser()
         try:
@@ -284,7 +295,7 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
     out = folder
     all_tasks, summary = [], {"datasets": {}}
     for dataset in params.tasks.datasets:
-        rows, origin = load_rows(dataset, params.tasks)
+        rows, origin = load_rows(dataset, params.tasks, params.synthetic, params.seed)
         tasks, skipped = build_tasks(dataset, rows, origin, params.tasks, params.seed)
         for message in skipped[:5]:
             log.warning("skipped %s", message)
