@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments.measurement import write_results  # noqa: E402
 from pipelines.analysis.metrics import metric_functions  # noqa: E402
 from pipelines.analysis.stats import holm, paired_difference, paired_power  # noqa: E402
 from pipelines.core.config import load_params  # noqa: E402
@@ -123,8 +124,10 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{ci(row['shuffled_control'])} | {ci(row['null_floor'])} | {ci(row['diagnosticity'])} | "
                          f"{ci(row['dose_response'])} |")
     best = results["best"]
-    lines += ["", f"Best: {best['method']} / {best['metric']} at AUROC {best['auroc']:.3f} "
-              f"({'reaches' if best['auroc'] >= WORKING else 'below'} the {WORKING} a working instrument needs).",
+    verdict = ("no decision has both a faithful and an unfaithful explanation: no AUROC" if best["auroc"] is None
+               else f"{best['method']} / {best['metric']} at AUROC {best['auroc']:.3f} "
+               f"({'reaches' if best['auroc'] >= WORKING else 'below'} the {WORKING} a working instrument needs)")
+    lines += ["", f"Best: {verdict}.",
               "", f"Pairs ({results['pairs']['pairs']}): precision {results['pairs']['precision']} (chosen faithful, "
               f"rejected unfaithful), reversed {results['pairs']['reversed']}."]
     tunes = results.get("fine_tunes")
@@ -165,14 +168,11 @@ def main() -> None:
                "instrument": instrument(params, bank, summary),
                "pairs": pair_precision(pairs, generations),
                "fine_tunes": fine_tunes(params, data, generations)}
-    best = max(((m, k, r["auroc"]["auroc"]) for m, by in results["instrument"].items() for k, r in by.items()
-                if r["auroc"]["auroc"] is not None), key=lambda t: t[2])
+    defined = [(m, k, r["auroc"]["auroc"]) for m, by in results["instrument"].items() for k, r in by.items()
+               if r["auroc"]["auroc"] is not None]
+    best = max(defined, key=lambda t: t[2]) if defined else (None, None, None)
     results["best"] = {"method": best[0], "metric": best[1], "auroc": best[2]}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(Path(args.out), "results", results, markdown)
 
 
 if __name__ == "__main__":
