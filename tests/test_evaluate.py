@@ -43,6 +43,15 @@ def test_pair_train_evaluate_report(params):
     assert set(summary["models"]) == {"base", "dpo", "sft"} and summary["tasks"] == 4
     for name, model in summary["models"].items():
         assert model["decisions"] == 4 and 0 <= model["accuracy"] <= 1
+    # a rerun that finds nothing to do logs no second training or evaluation run to compare against
+    client = mlflow.MlflowClient(params.mlflow.tracking_uri)
+    runs = {e: len(client.search_runs([client.get_experiment_by_name(e).experiment_id]))
+            for e in (params.mlflow.training_experiment, params.mlflow.evaluation_experiment)}
+    assert all(train.run(params, Path(params.data_dir))[a]["reused"] for a in ("dpo", "sft"))
+    again = evaluate.run(params, Path(params.data_dir))
+    assert {n: m["mlflow_run_id"] for n, m in again["models"].items()} == \
+        {n: m["mlflow_run_id"] for n, m in summary["models"].items()}
+    assert runs == {e: len(client.search_runs([client.get_experiment_by_name(e).experiment_id])) for e in runs}
     held_out = {json.loads(line)["id"] for line in open(Path(params.data_dir) / "evaluation" / "base" / "tasks.jsonl")}
     trained = {json.loads(line)["task_id"] for line in open(Path(params.data_dir) / "pairs" / "train.jsonl")}
     assert held_out and not held_out & trained

@@ -142,3 +142,31 @@ def test_dvc_reruns_a_resumable_stage_for_record_determining_params_only(stage):
     kept = {"methods", "algorithms"}  # dvc reruns the stage for them; the fingerprint holds them per record
     assert declared == {f"{stage}.{k}" for k in section.model_fields
                         if k not in NOT_RECORD_DETERMINING[stage] or k in kept}
+
+
+def test_the_cli_recomputes_after_a_record_determining_set_and_not_after_a_batch_size(tmp_path, tiny_model_dir):
+    """The issue's reproduction through `python -m pipelines`: --set generate.temperature recomputes (the old
+    file set aside), --set generate.batch_size does not."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, tiny_params
+
+    path = tiny_params(tmp_path, tiny_model_dir, tasks={"datasets": ["arc_easy"], "max_per_dataset": 3})
+    out = tmp_path / "data" / "tiny" / "bank" / "arc_easy" / "generations.jsonl"
+
+    def cli(*args: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "pipelines", *args, "--params", str(path)], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        summary = out.parent / "generations_summary.json"
+        return json.loads(summary.read_text()) if summary.exists() else {}
+
+    cli("tasks")
+    made = cli("generate")["fingerprint"]
+    before = out.read_bytes()
+    assert cli("generate", "--set", "generate.batch_size=2")["new"] == 0 and out.read_bytes() == before
+    hotter = cli("generate", "--set", "generate.temperature=1.3")
+    assert hotter["new"] == 3 and hotter["restarted_for"] == ["generate.temperature"] and hotter["fingerprint"] != made
+    assert (tmp_path / "data" / "tiny" / "rejected" / "stale" / "bank" / "arc_easy" / "generations.jsonl"
+            ).read_bytes() == before
