@@ -15,6 +15,7 @@ from pipelines.analysis.metrics import (
     cosine,
     kendall,
     l1_dot,
+    metric_rows,
     spearman,
     top_k_overlap,
 )
@@ -76,3 +77,47 @@ def test_top_k_overlap_is_jaccard_of_largest_magnitudes():
 def test_string_alignment_keeps_the_last_occurrence():
     tokens, d, e = align_by_string(["a", "b", "a"], [1.0, 2.0, 3.0], ["b", "c", "a"], [4.0, 5.0, 6.0])
     assert tokens == ["a", "b"] and d.tolist() == [3.0, 2.0] and e.tolist() == [6.0, 4.0]
+
+
+ROWS = st.integers(2, 40).flatmap(lambda n: st.tuples(
+    st.lists(st.lists(values, min_size=n, max_size=n), min_size=1, max_size=4),
+    st.lists(st.tuples(st.integers(0, 3), st.lists(values, min_size=n, max_size=n)), min_size=1, max_size=12)))
+ONE_PAIR = {"spearman": spearman, "cosine": cosine, "l1_dot": l1_dot, "kendall": kendall,
+            "top_k_overlap": lambda d, e: top_k_overlap(d, e, 3)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=ROWS)
+def test_metric_rows_equal_the_one_pair_functions_bit_for_bit(case):
+    """The score stage's array path: each row's value is the one-pair function's (so scipy's, above), the
+    same float64, NaN for constant vectors; a decision's explanations share its row of d."""
+    decisions, targets = case
+    d = np.array(decisions, dtype=float)
+    owner = np.array([i % len(d) for i, _ in targets])
+    e = np.array([vector for _, vector in targets], dtype=float)
+    rows = metric_rows(d, e, tuple(ONE_PAIR), 3, owner)
+    for name, function in ONE_PAIR.items():
+        expected = np.array([function(d[o], v) for o, v in zip(owner, e)])
+        assert np.array_equal(rows[name], expected, equal_nan=True), name
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the references on infinite values
+def test_metric_rows_match_scipy_on_long_and_special_vectors():
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 63, 129, 300):
+        d = rng.normal(size=(5, n)).astype(np.float32).astype(float)
+        e = np.concatenate([rng.normal(size=(5, n)), np.round(rng.normal(size=(5, n))), d[::-1], np.zeros((1, n))])
+        e[3, 0], e[4, :2] = np.nan, np.inf
+        owner = np.arange(len(e)) % 5
+        rows = metric_rows(d, e, tuple(ONE_PAIR), 3, owner)
+        for name in ("spearman", "kendall", "cosine", "l1_dot"):
+            reference = np.array([REFERENCES[ONE_PAIR[name]](d[o], v) if n > 1 or name in ("cosine", "l1_dot")
+                                  else np.nan for o, v in zip(owner, e)])
+            finite = ~np.isnan(reference)
+            assert np.array_equal(np.isnan(rows[name]), ~finite), name
+            assert np.allclose(rows[name][finite], reference[finite], rtol=0, atol=1e-12), name
+
+
+def test_metric_rows_refuse_mismatched_shapes():
+    with pytest.raises(ValueError, match="m x n arrays"):
+        metric_rows(np.zeros((2, 3)), np.zeros((2, 4)), ("spearman",), 3)
