@@ -127,3 +127,57 @@ def test_counterfactual_explanations_follow_a_forced_other_option(tiny_model, to
     off = generate(tiny_model, tokenizer, [TASK], params.model_copy(update={"counterfactual": False}), seed=42,
                    identity={"id": "tiny"})[0]
     assert off.counterfactual is None and off.explanations == records[0].explanations
+
+
+def reference_summary(table, metric, samples, seed):
+    """The null floor and diagnosticity decision by decision, as the score stage computed them before they
+    ran over arrays: the vectorized ones must give the same figures."""
+    def estimate(values):
+        values = np.asarray(values, float)
+        defined = values[~np.isnan(values)]
+        ci = None
+        if len(defined) >= 2:
+            means = np.random.default_rng(seed).choice(defined, (samples, len(defined))).mean(1)
+            ci = round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)
+        return {"mean": round(float(defined.mean()), 4) if len(defined) else None, "ci95": ci,
+                "decisions": int(len(defined))}
+
+    own, floor, difference, aurocs = [], [], [], []
+    for _, rows in table.groupby("generation_id"):
+        a = rows.loc[rows["kind"] == "own", metric].mean()
+        b = rows.loc[rows["kind"] == "mismatched", metric].mean()
+        aurocs.append(auroc(rows.loc[rows["kind"] == "own", metric].to_numpy(float),
+                            rows.loc[rows["kind"] == "counterfactual", metric].to_numpy(float)))
+        if not (np.isnan(a) or np.isnan(b)):
+            own.append(a), floor.append(b), difference.append(a - b)
+    return ({"observed": estimate(own), "floor": estimate(floor), "observed_minus_floor": estimate(difference)},
+            {"auroc": estimate(aurocs)})
+
+
+@pytest.mark.parametrize("decisions", [3, 60])
+def test_controls_over_arrays_equal_the_decision_by_decision_figures(decisions):
+    rng = np.random.default_rng(decisions)
+    rows = []
+    for g in range(decisions):
+        for kind, count in (("own", 5), ("counterfactual", rng.integers(0, 3)), ("mismatched", rng.integers(0, 3))):
+            rows += [{"generation_id": f"g{g:03d}", "dataset": "ecqa" if g % 3 else "arc_easy", "kind": kind,
+                      "spearman": np.nan if rng.random() < 0.1 else float(rng.choice([0.5, rng.normal()]))}
+                     for _ in range(count)]
+    table = pd.DataFrame(rows).sample(frac=1, random_state=0).reset_index(drop=True)  # rows in any order
+    summary = control_summary(table, ("spearman",), 300, 7)
+    for part, rows in {"all": table, **dict(list(table.groupby("dataset")))}.items():
+        floor, diagnostic = reference_summary(rows, "spearman", 300, 7)
+        assert summary["null_floor"][part]["spearman"] == floor
+        assert summary["diagnosticity"][part]["spearman"] == diagnostic
+
+
+def test_a_bootstrap_drawn_in_blocks_is_choice_drawn_at_once(monkeypatch):
+    import pipelines.analysis.controls as controls
+
+    values = np.random.default_rng(3).normal(size=997)
+    expected = np.random.default_rng(11).choice(values, (300, len(values))).mean(1)
+    monkeypatch.setattr(controls, "BOOTSTRAP_BLOCK", 3 * len(values) + 5)  # blocks of 3 resamples
+    assert np.array_equal(controls._resample_means([values], 300, 11)[0], expected)
+    one = bootstrap_ci(values, 300, 11)
+    monkeypatch.setattr(controls, "BOOTSTRAP_BLOCK", 2**24)
+    assert bootstrap_ci(values, 300, 11) == one
