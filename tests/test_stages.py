@@ -170,3 +170,58 @@ def test_released_code_modes_run_through_attribute_and_score(params):
     assert (bank["kind"] == "own").sum() == 12 and (bank["n_features"] == bank["feature_tokens"].map(len)).all()
     assert (bank["n_features"] == bank["decision_vector"].map(len)).all()
     assert bank["spearman"].dropna().between(-1, 1).all()
+
+
+MEASURED = ROOT / "experiments" / "results" / "measurement" / "bank" / "arc_easy"
+
+
+def measured_slice(folder: Path) -> Path:
+    """The committed measurement slice (4 methods, controls) as the score stage reads it."""
+    folder.mkdir(parents=True)
+    (folder / "generations.jsonl").write_bytes((MEASURED / "generations.jsonl").read_bytes())
+    (folder / "attributions.jsonl").write_bytes(b"".join(p.read_bytes()
+                                                         for p in sorted(MEASURED.glob("attributions-*.jsonl"))))
+    return folder
+
+
+def test_a_bank_scored_in_chunks_is_the_frame_one_chunk_gives(tmp_path, monkeypatch):
+    """Chunks of bank rows become row groups: the same frame, schema and summary as one chunk (the file
+    `DataFrame.to_parquet` writes), and every seed exact (63-bit ints, never through a float column)."""
+    import pyarrow.parquet as pq
+
+    params = Params.model_validate({"data_dir": str(tmp_path)})
+    whole, chunked = measured_slice(tmp_path / "whole"), measured_slice(tmp_path / "chunked")
+    first = score.run(params, whole)
+    monkeypatch.setattr(score, "CHUNK_ROWS", 97)
+    second = score.run(params, chunked)
+    a, b = pd.read_parquet(whole / "bank.parquet"), pd.read_parquet(chunked / "bank.parquet")
+    pd.testing.assert_frame_equal(a, b)
+    files = pq.ParquetFile(whole / "bank.parquet"), pq.ParquetFile(chunked / "bank.parquet")
+    assert files[0].schema_arrow.equals(files[1].schema_arrow, check_metadata=True)
+    assert files[0].num_row_groups == 1 and files[1].num_row_groups == 10 and len(a) == first["rows"] == 980
+    assert {k: v for k, v in first.items() if k not in ("path", "seconds")} == \
+        {k: v for k, v in second.items() if k not in ("path", "seconds")}
+    seeds = {r["id"]: r["seeds"] or {} for r in read_records(whole / "attributions.jsonl")}
+    record = a["id"].str.rsplit("/", n=1).str[0]
+    for column, key in (("decision_seed", "decision"), ("explanation_seed", "explanations")):
+        assert [None if pd.isna(v) else int(v) for v in a[column]] == [seeds[r].get(key) for r in record]
+
+
+def test_a_bank_whose_first_chunk_has_no_controls_takes_their_type_from_a_later_one(tmp_path, monkeypatch):
+    """A column all None in the first chunk (arrow's null type) is widened once a chunk has values: the rows
+    already written are rewritten, and the file is the one a single chunk gives."""
+    import pyarrow.parquet as pq
+
+    params = Params.model_validate({"data_dir": str(tmp_path)})
+    folders = measured_slice(tmp_path / "whole"), measured_slice(tmp_path / "chunked")
+    for folder in folders:
+        records = list(read_records(folder / "attributions.jsonl"))
+        for record in records[:60]:
+            record["controls"] = []
+        (folder / "attributions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    score.run(params, folders[0])
+    monkeypatch.setattr(score, "CHUNK_ROWS", 150)
+    score.run(params, folders[1])
+    pd.testing.assert_frame_equal(*(pd.read_parquet(f / "bank.parquet") for f in folders))
+    schemas = [pq.ParquetFile(f / "bank.parquet").schema_arrow for f in folders]
+    assert schemas[0].equals(schemas[1], check_metadata=True) and str(schemas[1].field("control_source").type) != "null"

@@ -35,9 +35,11 @@ from pipelines.analysis.stats import (
 )
 from pipelines.core.config import Params, evaluation_datasets
 from pipelines.core.records import write_json
-from pipelines.stages.score import sample_warnings
+from pipelines.stages.score import read_scores, sample_warnings
 
 METRICS = ("spearman", "cosine")
+# the evaluation banks' columns the report reads (with the score metrics)
+REPORT_COLUMNS = ["generation_id", "task_id", "dataset", "method", "kind", "correct", "n_features", "n_samples", "masks"]
 
 
 def wilson(successes: int, n: int) -> tuple[float, float] | None:
@@ -317,8 +319,6 @@ of its own explanations' scores against the counterfactual explanation (written 
 
 
 def run(params: Params, folder: Path) -> dict[str, Any]:
-    import pandas as pd
-
     source, model_folder, folder = folder / "evaluation", folder, folder / "report"
     method = params.pair.method or params.attribute.methods[0]
     tables, trust = {}, {}
@@ -326,7 +326,7 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
         path = source / name / "bank.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: run `python -m pipelines evaluate` first")
-        bank = pd.read_parquet(path)
+        bank = read_scores(path, columns=REPORT_COLUMNS + [*METRICS, *params.score.metrics])  # never the vectors
         tables[name] = per_decision(bank, method)
         rows = bank[bank["method"] == method]
         trust[name] = {"warnings": sample_warnings(rows[rows["kind"] == OWN], method),
