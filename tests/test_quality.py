@@ -209,3 +209,62 @@ def test_unknown_artifact_or_expected_value_is_an_error(valid):
         validate("bank2", [])
     with pytest.raises(TypeError, match=r"unknown expected value\(s\) \['n_explanation'\]"):
         validate("generations", valid["generations"], n_explanation=3)
+
+
+def rows_of(artifact, valid, case):
+    rows = copy.deepcopy(valid[artifact])
+    if case is not None:
+        case[2](rows[case[1]])
+    return rows
+
+
+CHUNKED = [(artifact, None, {}) for artifact in ARTIFACTS] + [(c[0], c, c[3]) for c in BROKEN]
+
+
+@pytest.mark.parametrize("artifact, case, expected", CHUNKED,
+                         ids=[f"{a}-{c[5] if c else 'valid'}" for a, c, _ in CHUNKED])
+def test_validating_in_chunks_gives_the_one_table_report(valid, monkeypatch, artifact, case, expected):
+    """Every row validated, a few at a time: the same expectations, counts, rows and messages as one
+    validation of the whole table (a duplicate id across two chunks included)."""
+    import pipelines.core.quality as quality
+
+    whole = validate(artifact, rows_of(artifact, valid, case), **expected)
+    monkeypatch.setattr(quality, "CHUNK_ROWS", 7 if artifact == "bank" else 2)
+    chunked = validate(artifact, iter(rows_of(artifact, valid, case)), **expected)
+    assert (chunked.summary(), chunked.failures) == (whole.summary(), whole.failures)
+
+
+@pytest.mark.parametrize("case", [None] + [c for c in BROKEN if c[0] == "bank"],
+                         ids=["valid"] + [c[5] for c in BROKEN if c[0] == "bank"])
+def test_a_bank_file_validated_by_row_groups_gives_the_records_report(valid, tmp_path, monkeypatch, case):
+    """The stage's path (bank.parquet read as arrow tables, vectors judged over arrays) against its rows read
+    back as records."""
+    import pyarrow.parquet as pq
+
+    import pipelines.core.quality as quality
+    from pipelines.core.artifacts import bank_tables
+    from pipelines.core.quality import validate_tables
+
+    path = tmp_path / "bank.parquet"
+    rows = rows_of("bank", valid, case)
+    rows[2]["explanation_vector"] = None if case is None else rows[2]["explanation_vector"]  # a null list
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    records = validate("bank", pd.read_parquet(path).to_dict("records"))
+    monkeypatch.setattr(quality, "CHUNK_ROWS", 5)
+    pq.write_table(pq.read_table(path), path, row_group_size=3)
+    tables = validate_tables("bank", bank_tables(path))
+    assert (tables.summary(), tables.failures) == (records.summary(), records.failures)
+    assert tables.rows == len(rows) and (case is not None or not tables.success)
+
+
+def test_a_column_missing_from_some_chunks_is_a_column_with_missing_values(valid, monkeypatch):
+    import pipelines.core.quality as quality
+
+    rows = copy.deepcopy(valid["tasks"])
+    del rows[0]["split"], rows[1]["split"]  # the first chunk has no split column at all
+    for drop in (rows, [{k: v for k, v in r.items() if k != "source"} for r in rows]):
+        whole = validate("tasks", copy.deepcopy(drop))
+        monkeypatch.setattr(quality, "CHUNK_ROWS", 2)
+        chunked = validate("tasks", copy.deepcopy(drop))
+        monkeypatch.setattr(quality, "CHUNK_ROWS", 65536)
+        assert chunked.summary() == whole.summary() and not whole.success

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.core.config import Params
-from pipelines.core.quality import QualityReport, validate
+from pipelines.core.quality import QualityReport, validate, validate_tables
 from pipelines.core.records import read_records, torn_tail
 
 
@@ -97,10 +97,22 @@ class ArtifactInvalid(ValueError):
                          f"{failed}")
 
 
-def parts(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
-    """(part, rows, expected values) for each table the artifact holds in `folder` (its partition's)."""
-    import pandas as pd
+def bank_tables(path: Path) -> Iterator[Any]:
+    """A bank.parquet as arrow tables of at most quality.CHUNK_ROWS rows each, read one after the other."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    from pipelines.core.quality import CHUNK_ROWS
+
+    file = pq.ParquetFile(path)
+    for batch in file.iter_batches(batch_size=CHUNK_ROWS):
+        yield pa.Table.from_batches([batch], schema=file.schema_arrow)
+
+
+def parts(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(part, rows, expected values) for each table the artifact holds in `folder` (its partition's). The rows
+    are read as they are validated: records one at a time (an iterable of dicts), a bank by row groups (an
+    iterable of arrow tables, `BankTables`), so no part is ever held whole."""
     name = artifact.asset
     if name in ("raw_tasks", "generations", "attributions"):
         from pipelines.stages.attribute import method_settings
@@ -110,21 +122,30 @@ def parts(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, l
                     "attributions": {"settings": {m: method_settings(params, m) for m in params.attribute.methods}},
                     "generations": {"n_explanations": params.generate.n_explanations,
                                     "settings": record_settings(params)}}[name]
-        return [(folder.name, list(read_records(folder / artifact.files[0])), expected)]
+        return [(folder.name, read_records(folder / artifact.files[0]), expected)]
     if name == "bank":
-        return [(folder.name, pd.read_parquet(folder / "bank.parquet").to_dict("records"), {})]
+        return [(folder.name, BankTables(folder / "bank.parquet"), {})]
     if name == "preference_pairs":
-        rows = [r for f in sorted((folder / "pairs").glob("*.jsonl")) for r in read_records(f)]
+        rows = (r for f in sorted((folder / "pairs").glob("*.jsonl")) for r in read_records(f))
         return [("pairs", rows, {"min_margin": params.pair.min_margin, "keep_ties": params.pair.keep_ties})]
     if name == "fine_tuned_models":
         summary = json.loads((folder / "train_summary.json").read_text())
         return [(a, summary[a]["log_history"], {}) for a in params.train.algorithms]
     if name == "evaluation":
-        return [(model, pd.read_parquet(folder / "evaluation" / model / "bank.parquet").to_dict("records"), {})
+        return [(model, BankTables(folder / "evaluation" / model / "bank.parquet"), {})
                 for model in params.evaluate.models]
     from pipelines.stages.report import metric_rows
 
     return [("report", metric_rows(json.loads((folder / "report" / "metrics.json").read_text())), {})]
+
+
+@dataclass(frozen=True)
+class BankTables:
+    """A bank.parquet's rows as arrow tables (bank_tables), for the bank suite's vectorized validation."""
+    path: Path
+
+    def __iter__(self) -> Iterator[Any]:
+        return bank_tables(self.path)
 
 
 # files that passed their suite in this process, by what they are on disk: a stage's output is the next
@@ -152,7 +173,7 @@ def check(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, Q
     key = fingerprint(artifact, params, folder)
     if key in _passed:
         return _passed[key]
-    reports = [(part, validate(artifact.suite, rows, **expected))
+    reports = [(part, (validate_tables if isinstance(rows, BankTables) else validate)(artifact.suite, rows, **expected))
                for part, rows, expected in parts(artifact, params, folder)]
     if any(not report.success for _, report in reports):
         raise ArtifactInvalid(artifact, folder, reports)

@@ -13,6 +13,13 @@ so a failure names the rule. Failures name the offending rows by the artifact's 
 NaN is "undefined" in the bank and the metrics file and passes: GX counts NaN as missing, and its
 column-map expectations skip missing values. GX is imported on first use (seconds) and runs in one
 ephemeral, offline context per process: no analytics, no progress bars.
+
+Every row is validated, in bounded memory: `validate` takes any iterable of records (a file read one record
+at a time) and `validate_tables` arrow tables (the bank's row groups). A record's rules are judged as it
+arrives, then it is kept slim (a list or dict in a column no expectation reads, such as a vector, becomes
+its length), and GX validates CHUNK_ROWS slim rows at a time; the table-wide expectations (row count,
+unique ids, increasing steps) run once on every row's id. The report is the one a single validation of the
+whole table gives: the same expectations, counts, failing rows and messages (tested).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +49,22 @@ SETTINGS_RULE = "settings_match_params"
 CONTROL_KINDS = (COUNTERFACTUAL, MISMATCHED)
 ROW_ID = "row_id"  # the column GX reports offending rows by
 MAX_ROWS = 20
+CHUNK_ROWS = 65536  # slim rows GX validates at a time
+# expectations over the whole table, run once on every row's id (and the columns they read)
+TABLE_WIDE = ("expect_table_row_count_to_be_between", "expect_column_values_to_be_unique",
+              "expect_column_values_to_be_increasing")
+# columns of lists and dicts that only an existence expectation reads: a validated row keeps their length
+HEAVY = {
+    "tasks": ("choices", "source"),
+    "generations": ("task", "decision_ids", "explanations", "explanation_ids", "seeds", "model", "settings",
+                    "counterfactual"),
+    "attributions": ("feature_tokens", "decision", "explanation_feature_tokens", "explanations", "model", "settings",
+                     "seeds", "controls"),
+    "bank": ("decision_vector", "explanation_vector", "feature_tokens"),
+    "pairs": ("prompt", "chosen", "rejected", "model"),
+    "training_log": (),
+    "eval_metrics": (),
+}
 
 
 @dataclass(frozen=True)
@@ -78,7 +101,13 @@ def _labels(task: dict[str, Any]) -> list[str]:
 
 
 def _finite(values: Any) -> bool:
-    return all(math.isfinite(float(v)) for v in values)
+    """Every value a finite number (float() of it, as numpy converts): one C pass over a vector."""
+    import numpy as np
+
+    if not isinstance(values, (list, tuple, np.ndarray)):
+        values = list(values)
+    array = np.asarray(values, dtype=float)
+    return array.ndim == 1 and bool(np.isfinite(array).all())
 
 
 def _contents(messages: list[dict[str, Any]]) -> list[str]:
@@ -279,57 +308,297 @@ def _batch_definition() -> Any:
             .add_batch_definition_whole_dataframe("rows"))
 
 
+@dataclass
+class _Outcome:
+    """One expectation's result over every chunk it ran on."""
+    expectation: str
+    column: str | None
+    success: bool = True
+    unexpected_count: int = 0
+    rows: list[str] | None = None
+    error: str | None = None
+    observed: Any = None
+    has_observed: bool = False
+
+    def add(self, result: Any) -> None:
+        info = result.result or {}
+        # a metric that raised (missing column, wrong type) reports under its metric id
+        errors = [v.get("exception_message") for v in (result.exception_info or {}).values()
+                  if isinstance(v, dict) and v.get("raised_exception")]
+        self.success = self.success and bool(result.success)
+        if result.success:
+            return
+        self.unexpected_count += int(info.get("unexpected_count") or 0)
+        self.rows = (self.rows or []) + [str(index[ROW_ID]) for index in
+                                         info.get("partial_unexpected_index_list") or []]
+        if errors and self.error is None:
+            self.error = str(errors[0]).splitlines()[0]
+        if "observed_value" in info and not self.has_observed:
+            self.observed, self.has_observed = info["observed_value"], True
+
+    def failure(self) -> Failure:
+        rows, count = (self.rows or [])[:MAX_ROWS], self.unexpected_count
+        if self.error is not None:
+            detail = f"error: {self.error}"
+        elif rows:
+            detail = f"{count} unexpected, rows {', '.join(rows)}" + (" ..." if count > len(rows) else "")
+        elif self.has_observed:
+            detail = f"observed {self.observed!r}"
+        else:
+            detail = "failed"
+        where = f" on {self.column}" if self.column else ""
+        return Failure(expectation=self.expectation, column=self.column, unexpected_count=count, unexpected_rows=rows,
+                       message=f"{self.expectation}{where}: {detail}")
+
+
 def _failure(result: Any) -> Failure:
-    config, info = result.expectation_config, result.result or {}
-    column = config.kwargs.get("column")
-    rows = [str(index[ROW_ID]) for index in info.get("partial_unexpected_index_list") or []][:MAX_ROWS]
-    count = int(info.get("unexpected_count") or 0)
-    # a metric that raised (missing column, wrong type) reports under its metric id
-    errors = [v.get("exception_message") for v in (result.exception_info or {}).values()
-              if isinstance(v, dict) and v.get("raised_exception")]
-    if errors:
-        detail = f"error: {str(errors[0]).splitlines()[0]}"
-    elif rows:
-        detail = f"{count} unexpected, rows {', '.join(rows)}" + (" ..." if count > len(rows) else "")
-    elif "observed_value" in info:
-        detail = f"observed {info['observed_value']!r}"
-    else:
-        detail = "failed"
-    where = f" on {column}" if column else ""
-    return Failure(expectation=config.type, column=column, unexpected_count=count, unexpected_rows=rows,
-                   message=f"{config.type}{where}: {detail}")
+    config = result.expectation_config
+    outcome = _Outcome(config.type, config.kwargs.get("column"))
+    outcome.add(result)
+    return outcome.failure()
 
 
-def _settings_match(artifact: str, rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[bool]:
-    """Whether each record's own `settings` hold this run's record-determining values (a file mixed by hand
-    or by an older version fails): for attributions `settings` is per method, and a method this run does
-    not attribute does not belong in its file."""
-    def expected(row: dict[str, Any]) -> dict[str, Any] | None:
-        return settings.get(row.get("method")) if artifact == "attributions" else settings
-
+def _settings_rule(artifact: str, settings: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+    """Whether a record's own `settings` hold this run's record-determining values (a file mixed by hand or by
+    an older version fails): for attributions `settings` is per method, and a method this run does not
+    attribute does not belong in its file."""
     def matches(row: dict[str, Any]) -> bool:
-        wanted = expected(row)
+        wanted = settings.get(row.get("method")) if artifact == "attributions" else settings
         return wanted is not None and not list(mismatched_settings([row], lambda _: wanted))
 
-    return [_judge(matches, row) for row in rows]
+    return matches
 
 
-def validate(artifact: str, rows: list[dict[str, Any]], **expected: Any) -> QualityReport:
-    """Run `artifact`'s suite on `rows`. expected: dataset (a name or several; tasks), n_explanations
-    (generations), min_margin and keep_ties (pairs, as in params.pair), min_rows (default 1), settings (the
-    record-determining values every record's `settings` must hold: generations; per method: attributions)."""
-    unknown = sorted(set(expected) - set(EXPECTED))
-    if unknown:
-        raise TypeError(f"unknown expected value(s) {unknown}; choose from {list(EXPECTED)}")
-    table = frame(artifact, rows)
+def _key(config: Any) -> str:
+    """An expectation's identity: its type and arguments (GX adds the batch to a result's)."""
+    return config.type + repr(sorted((k, v) for k, v in config.kwargs.items() if k != "batch_id"))
+
+
+def _column_key(column: str) -> str:
+    return repr(("column", column))
+
+
+class _Validation:
+    """One artifact's suite over its rows, chunk by chunk (module docstring)."""
+
+    def __init__(self, artifact: str, expected: dict[str, Any]):
+        unknown = sorted(set(expected) - set(EXPECTED))
+        if unknown:
+            raise TypeError(f"unknown expected value(s) {unknown}; choose from {list(EXPECTED)}")
+        if artifact not in ARTIFACTS:
+            raise ValueError(f"unknown artifact {artifact!r}; choose from {list(ARTIFACTS)}")
+        self.artifact, self.expected = artifact, expected
+        self.outcomes: dict[str, _Outcome] = {}
+        self.ids: list[str] = []
+        self.steps: list[Any] = []  # training_log's step column, for the table-wide increasing check
+        self.rows, self.chunks = 0, 0
+        self.missing: dict[str, int] = {}  # required column -> chunks it was absent from
+        self.first: Any = None  # the first chunk's frame as it came
+
+    def _suite(self, table: Any) -> list:
+        return _expectations(self.artifact, table, self.expected)
+
+    def _run(self, table: Any, keep: Callable[[str], bool], record: bool = True) -> list[str]:
+        """Validate `table` on the suite's expectations whose key `keep` accepts; their keys in GX's order."""
+        definition = _batch_definition()  # first: it configures GX before anything else imports it
+        import great_expectations as gx
+
+        expectations = [e for e in self._suite(table) if keep(_key(e.configuration))]
+        suite = gx.ExpectationSuite(name=self.artifact, expectations=expectations)
+        batch = definition.get_batch(batch_parameters={"dataframe": table})
+        result = batch.validate(suite, result_format={"result_format": "SUMMARY",
+                                                      "partial_unexpected_count": MAX_ROWS,
+                                                      "unexpected_index_column_names": [ROW_ID]})
+        keys = []
+        for item in result.results:
+            key = _key(item.expectation_config)
+            keys.append(key)
+            if record:
+                self.outcomes.setdefault(key, _Outcome(item.expectation_config.type,
+                                                       item.expectation_config.kwargs.get("column"))).add(item)
+        return keys
+
+    def add_frame(self, table: Any) -> None:
+        """Validate one chunk's frame (ROW_ID, the derived columns and the slim columns) on every expectation
+        that is not table-wide."""
+        import pandas as pd
+
+        self.chunks += 1
+        self.rows += len(table)
+        self.ids.extend(table[ROW_ID].tolist())
+        if self.artifact == "training_log" and "step" in table:
+            self.steps.extend(table["step"].tolist())
+        if self.first is None:
+            self.first = table
+        absent = [e.configuration.kwargs["column"] for e in self._suite(table)
+                  if e.expectation_type == "expect_column_to_exist" and e.configuration.kwargs["column"] not in table]
+        for column in absent:
+            self.missing[column] = self.missing.get(column, 0) + 1
+        if absent:  # absent here only, it is a column of the whole table without values in these rows
+            table = table.assign(**{c: pd.Series([None] * len(table), index=table.index, dtype=object)
+                                    for c in absent})
+        self._run(table, keep=lambda key: not key.startswith(TABLE_WIDE))
+
+    def report(self) -> QualityReport:
+        import pandas as pd
+
+        if not self.chunks:  # no rows: the whole suite on the empty table, as one validation runs it
+            empty = frame(self.artifact, [])
+            if "settings" in self.expected:
+                empty[SETTINGS_RULE] = []
+            keys = self._run(empty, keep=lambda key: True)
+            return self._report(keys, 0)
+        for column in [c for c, n in self.missing.items() if n == self.chunks]:
+            # absent from every chunk, so from the whole table: its expectations as they run without it
+            for key in [k for k in self.outcomes if _column_key(column) in k]:
+                del self.outcomes[key]
+            self._run(self.first, keep=lambda key, c=column: _column_key(c) in key)
+        narrow = pd.DataFrame({ROW_ID: pd.Series(self.ids, dtype=object)})
+        if self.artifact == "training_log" and self.steps:
+            narrow["step"] = self.steps
+        self._run(narrow, keep=lambda key: key.startswith(TABLE_WIDE))
+        if all(outcome.success for outcome in self.outcomes.values()):
+            return self._report(list(self.outcomes), self.rows)
+        # the failures in the order one validation of the whole suite lists them (GX's, not the suite's)
+        sample = self.first.head(1)
+        sample = sample.assign(**{c: None for c in self.missing if c not in sample and self.missing[c] < self.chunks})
+        if self.artifact == "training_log" and "step" not in sample and self.steps:
+            sample = sample.assign(step=self.steps[:1])
+        order = self._run(sample, keep=lambda key: True, record=False)
+        return self._report([k for k in order if k in self.outcomes] + [k for k in self.outcomes if k not in order],
+                            self.rows)
+
+    def _report(self, keys: list[str], rows: int) -> QualityReport:
+        return QualityReport(artifact=self.artifact, rows=rows, evaluated=len(keys),
+                             failures=[self.outcomes[k].failure() for k in keys if not self.outcomes[k].success])
+
+
+def _slim(artifact: str, row: dict[str, Any]) -> dict[str, Any]:
+    heavy = HEAVY[artifact]
+    return {k: (len(v) if k in heavy and isinstance(v, (list, dict)) else v) for k, v in row.items()}
+
+
+def validate(artifact: str, rows: Iterable[dict[str, Any]], **expected: Any) -> QualityReport:
+    """Run `artifact`'s suite on `rows` (any iterable: a file is read one record at a time). expected: dataset
+    (a name or several; tasks), n_explanations (generations), min_margin and keep_ties (pairs, as in
+    params.pair), min_rows (default 1), settings (the record-determining values every record's `settings` must
+    hold: generations; per method: attributions)."""
+    import pandas as pd
+
+    validation = _Validation(artifact, expected)
+    rules = dict(DERIVED[artifact])
     if "settings" in expected:
-        table[SETTINGS_RULE] = _settings_match(artifact, rows, expected["settings"])
-    definition = _batch_definition()  # first: it configures GX before anything else imports it
-    import great_expectations as gx
+        rules[SETTINGS_RULE] = _settings_rule(artifact, expected["settings"])
+    chunk: list[dict[str, Any]] = []
+    judged: dict[str, list] = {name: [] for name in rules}
+    ids: list[str] = []
 
-    suite = gx.ExpectationSuite(name=artifact, expectations=_expectations(artifact, table, expected))
-    batch = definition.get_batch(batch_parameters={"dataframe": table})
-    result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": MAX_ROWS,
-                                                  "unexpected_index_column_names": [ROW_ID]})
-    return QualityReport(artifact=artifact, rows=len(table), evaluated=len(result.results),
-                         failures=[_failure(r) for r in result.results if not r.success])
+    def flush() -> None:
+        table = pd.DataFrame(chunk)
+        table[ROW_ID] = ids
+        for name in rules:
+            table[name] = judged[name]
+        validation.add_frame(table)
+        chunk.clear(), ids.clear()
+        for values in judged.values():
+            values.clear()
+
+    for row in rows:
+        if artifact == "training_log" and "loss" not in row:
+            continue  # TRL logs evaluations and the closing summary as separate dicts under the same step
+        ids.append(str(ROW_IDS[artifact](row)))
+        for name, rule in rules.items():
+            judged[name].append(_judge(rule, row))
+        chunk.append(_slim(artifact, row))
+        if len(chunk) >= CHUNK_ROWS:
+            flush()
+    if chunk:
+        flush()
+    return validation.report()
+
+
+def _is_list(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind)
+
+
+def _list_rules(table: Any) -> dict[str, Any]:
+    """The bank's derived rules over an arrow table, vectorized: a vector as long as its features, every value
+    finite (a missing column, list or value breaks the rule, as a row too malformed to judge does)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = table.num_rows
+    names = table.column_names
+
+    def lengths(name: str):
+        if name not in names or not _is_list(table.schema.field(name).type):
+            return None
+        return pc.list_value_length(table[name]).to_numpy(zero_copy_only=False)
+
+    def finite(name: str):
+        if name not in names or not _is_list(table.schema.field(name).type):
+            return np.zeros(rows, bool)
+        column = table[name].combine_chunks() if table.num_rows else pa.array([], table.schema.field(name).type)
+        values = column.flatten()
+        ok = np.zeros(rows, bool)
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        if pa.types.is_floating(values.type) or pa.types.is_integer(values.type):
+            good = pc.fill_null(pc.is_finite(values.cast(pa.float64())), False).to_numpy(zero_copy_only=False)
+            parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+            bad = np.bincount(parents[~good], minlength=rows)
+            ok = valid & (bad == 0)
+        elif pa.types.is_null(values.type):  # lists of nothing but nulls, or empty
+            ok = valid & (lengths(name) == 0)
+        return ok
+
+    decision, explanation = lengths("decision_vector"), lengths("explanation_vector")
+    if decision is None or explanation is None or "n_features" not in names:
+        matches = np.zeros(rows, bool)
+    else:
+        features = table["n_features"].to_numpy(zero_copy_only=False).astype(float)
+        with np.errstate(invalid="ignore"):
+            matches = (decision == explanation) & (explanation == features)
+    return {"vector_length_matches_features": matches,
+            "all_finite": finite("decision_vector") & finite("explanation_vector")}
+
+
+def validate_tables(artifact: str, tables: Iterable[Any], **expected: Any) -> QualityReport:
+    """Run the bank's suite (a bank or an evaluation bank) on arrow tables, one after the other (a
+    bank.parquet's row groups): the report that validating their rows as records gives, the vectors judged
+    over arrays instead of row by row."""
+    import pandas as pd
+    import pyarrow as pa
+
+    if artifact != "bank":
+        raise ValueError(f"validate_tables validates the bank's tables, not {artifact!r}")
+    validation = _Validation(artifact, expected)
+    pending: list[Any] = []
+
+    def flush() -> None:
+        table = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
+        pending.clear()
+        lists = [i for i, field in enumerate(table.schema) if _is_list(field.type)]
+        rules = _list_rules(table)
+        chunk = table.drop_columns([table.column_names[i] for i in lists]).to_pandas()  # pd.read_parquet's dtypes
+        for i in lists:  # only their existence is expected: the lengths stand in for the vectors
+            chunk.insert(i, table.column_names[i], pd.Series(pa.compute.list_value_length(table.column(i)).to_pylist(),
+                                                             dtype=object))
+        chunk[ROW_ID] = [str(v) for v in chunk["id"].tolist()] if "id" in chunk else ["None"] * len(chunk)
+        for name, values in rules.items():
+            chunk[name] = values.tolist()
+        validation.add_frame(chunk)
+
+    count = 0
+    for table in tables:
+        if table.num_rows:
+            pending.append(table)
+            count += table.num_rows
+        if count >= CHUNK_ROWS:
+            flush()
+            count = 0
+    if pending:
+        flush()
+    return validation.report()
