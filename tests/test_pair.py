@@ -81,3 +81,35 @@ def test_empty_bank_and_bank_without_usable_pairs_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="no 'lig' attributions"):
         pair.run(params.model_copy(update={"pair": params.pair.model_copy(update={"method": "lig"})}),
                  Path(params.data_dir))
+
+
+def test_the_stage_reads_the_bank_by_columns_and_writes_the_pairs_make_pairs_makes(tmp_path):
+    """pair.run reads the bank's pairing columns a row group at a time and writes each pair as it is made:
+    the files hold what make_pairs gives on the whole bank read as records, in the same order."""
+    import json
+
+    import pandas as pd
+
+    from pipelines.core.config import Params
+    from pipelines.core.records import read_records
+    from pipelines.stages import pair, score
+    from tests.test_stages import measured_slice
+
+    params = Params.model_validate({"data_dir": str(tmp_path), "attribute": {"methods": ["feature_ablation"]}})
+    folder = measured_slice(tmp_path / "arc_easy")
+    score.run(params, folder)
+    generations = {g["id"]: g for g in read_records(folder / "generations.jsonl")}
+    for preference in ("alignment", "shorter"):
+        own = params.model_copy(update={"pair": params.pair.model_copy(update={"preference": preference})})
+        summary = pair.run(own, tmp_path / preference, slices=[folder])
+        expected, dropped = make_pairs(pd.read_parquet(folder / "bank.parquet").to_dict("records"), generations,
+                                       "feature_ablation", own.pair)
+        for split in ("train", "eval"):
+            written = (tmp_path / preference / "pairs" / f"{split}.jsonl").read_text()
+            assert written == "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in expected if p["split"] == split)
+            assert summary[split]["pairs"] == sum(p["split"] == split for p in expected) > 0
+        assert summary["dropped"] == dict(dropped)
+    cosine_less = params.model_copy(update={"score": params.score.model_copy(update={"metrics": ("cosine",)})})
+    score.run(cosine_less, folder)
+    with pytest.raises(ValueError, match="has no 'spearman' scores: add it to score.metrics"):
+        pair.run(cosine_less, tmp_path / "none", slices=[folder])
