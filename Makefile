@@ -35,6 +35,15 @@ run: install
 test: install
 	$(PY) -m pytest
 
+.PHONY: test-fast lint
+# the unit tests only, in minutes: every test but those marked slow (tests/conftest.py lists them); make test runs all
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+# ruff's checks as pyproject.toml's [tool.ruff] sets them (no formatting)
+lint: install
+	$(VENV)/bin/ruff check .
+
 # the Dagster UI on http://127.0.0.1:3000 with a project-local instance (telemetry off: .dagster/dagster.yaml)
 ui: install
 	DAGSTER_HOME=$(CURDIR)/.dagster DO_NOT_TRACK=1 $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000

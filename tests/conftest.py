@@ -112,3 +112,82 @@ def instance(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as real:
         yield real
+
+
+# ---------------------------------------------------------------- the fast tier: `make test-fast` (-m "not slow")
+# Tests over about 10 s on the project's 2 CPU cores get the `slow` marker here, without touching their files:
+# every test of SLOW_MODULES, and the tests SLOW_TESTS names per module: a function name (all its parameters)
+# or one parametrized test (name[id]).
+# `make test` (and CI) runs everything; `make test-fast` leaves these out. Measured with
+# `pytest -m "not slow" --durations=30`: move a test here when it passes 10 s.
+SLOW_MODULES = {
+    "test_integration.py",  # the CLI through subprocesses on the real SmolLM2
+    "test_distributed.py",  # a real Dask cluster and dagster-daemon
+    "test_webserver.py",  # dagster dev, and a run launched through it
+    "test_benchmark.py",  # the benchmark scripts end to end (one of them on two training processes)
+    "test_sweep.py",  # a training sweep
+}
+SLOW_TESTS = {
+    "test_attribute_vs_captum.py": {  # the fast tier keeps one case of each comparison with stock Captum
+        "test_equals_stock_captum_on_smollm2",  # the real SmolLM2
+        *(f"test_equals_stock_captum_on_tiny_model[{m}]" for m in ("lime", "kernel_shap", "feature_ablation", "lig")),
+        *(f"test_record_path_equals_one_attribution_per_target_with_its_seed[{m}-{masks}]"
+          for m in ("feature_ablation", "lime", "kernel_shap") for masks in ("independent", "shared")
+          if (m, masks) != ("kernel_shap", "independent")),
+    },
+    # every broken case validated a second and third way (in chunks; bank.parquet by row groups) against the
+    # one-table report; test_one_bad_row_fails_naming_the_rule_and_the_row keeps each case in the fast tier
+    "test_quality.py": {
+        "test_validating_in_chunks_gives_the_one_table_report",
+        "test_a_bank_file_validated_by_row_groups_gives_the_records_report",
+    },
+    "test_stages.py": {  # the bank stages on the tiny model, several times over
+        "test_stages_write_a_bank_pandas_reads",
+        "test_attribute_resumes_after_a_crash_with_every_record_once",
+        "test_sharded_attribute_merges_to_the_file_one_process_writes",
+        "test_generate_skips_tasks_already_written",
+        "test_empty_explanation_is_kept_with_a_zero_vector_and_undefined_metrics",
+        "test_released_code_modes_run_through_attribute_and_score",
+    },
+    "test_provenance.py": {  # generate and attribute runs under changed settings
+        "test_a_record_determining_change_restarts_generate_and_a_batch_size_does_not",
+        "test_attribute_restarts_for_its_methods_settings_and_for_new_generations_only",
+        "test_a_run_killed_under_new_settings_is_not_resumed_under_the_old",
+        "test_records_from_before_fingerprints_are_kept_only_when_their_settings_match",
+        "test_a_file_mixed_by_hand_fails_its_suite_naming_the_record",
+        "test_the_cli_recomputes_after_a_record_determining_set_and_not_after_a_batch_size",  # CLI subprocesses
+    },
+    "test_metrics.py": {"test_metric_rows_equal_the_one_pair_functions_bit_for_bit"},  # many hypothesis examples
+    "test_scale.py": {"test_the_1k_row_runs_score_and_pair_through_the_cli_and_the_figures_have_their_shape"},
+    "test_dvc.py": {  # dvc repro and the main job in temporary clones of the repository
+        "test_dvc_repro_and_the_main_job_through_dagster_build_the_same_bytes_in_two_clones",
+        "test_a_corrupted_record_stops_every_entry_point_at_the_same_check",
+        "test_a_params_edit_rebuilds_through_dagster_what_dvc_repro_builds_in_a_clean_clone",
+    },
+    "test_orchestration.py": {  # whole-graph materializations on a real instance
+        "test_whole_graph_materializes_with_metadata_and_passing_checks",
+        "test_a_failing_expectation_blocks_everything_downstream",
+        "test_retraining_waits_for_the_whole_bank_and_its_checks",
+    },
+    "test_security.py": {  # real clusters, read from /proc/net/tcp
+        "test_make_cluster_listens_on_loopback_only",
+        "test_a_tls_cluster_runs_a_dagster_step_and_refuses_clients_without_its_certificate",
+    },
+    "test_train.py": {  # DPO / SFT training runs
+        "test_dpo_and_sft_log_to_mlflow_and_save_loadable_adapters",
+        "test_training_resumes_from_its_last_checkpoint",
+        "test_two_processes_make_one_run_and_one_adapter_with_the_single_process_curve",
+        "test_a_rerun_reuses_a_finished_fine_tune_and_never_resumes_other_settings",
+        "test_reference_log_probs_computed_once_give_the_per_step_losses",
+    },
+    "test_evaluate.py": {"test_pair_train_evaluate_report"},
+    "test_movement.py": {"test_heldout_movement_equals_trl_eval_logs_and_the_positive_control_is_learnt"},
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module, function = item.path.name, getattr(item, "originalname", item.name)
+        if module in SLOW_MODULES or {function, item.name} & SLOW_TESTS.get(module, set()):
+            item.add_marker(pytest.mark.slow)
