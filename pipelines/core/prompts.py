@@ -1,4 +1,4 @@
-"""The conversations of the method (method.md section 3) and the parsing of the answer letter."""
+"""The conversations of the method (docs/method.md section 3) and the parsing of the answer letter."""
 
 from __future__ import annotations
 

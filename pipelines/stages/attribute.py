@@ -1,11 +1,11 @@
-"""Generations -> attribution vectors over the question tokens (method.md section 4).
+"""Generations -> attribution vectors over the question tokens (docs/method.md section 4).
 
     python -m pipelines attribute [--params params.yaml]   # data/generations.jsonl -> data/attributions.jsonl
 
 Each method is a stock Captum algorithm whose forward function is our batched scorer. One record per
 (generation, method) holds the decision's vector, one vector per explanation, and the controls: the
 counterfactual explanation (written after a forced other option) and `null_explanations` explanations
-of other tasks, each teacher-forced after this decision (method.md section 4, controls).
+of other tasks, each teacher-forced after this decision (docs/method.md section 4, controls).
 
 Sampling (LIME, KernelSHAP): with `masks: independent` (the default) the decision draws its own
 perturbation samples and the explanations and controls share a second set, so the surrogate's errors

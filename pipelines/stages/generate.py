@@ -1,4 +1,4 @@
-"""Tasks -> decisions + k post-hoc explanations (method.md section 3).
+"""Tasks -> decisions + k post-hoc explanations (docs/method.md section 3).
 
     python -m pipelines generate [--params params.yaml]   # data/<model>/bank/<dataset>/tasks.jsonl -> generations.jsonl
 

@@ -1,4 +1,4 @@
-"""Preference pairs -> LoRA adapters: DPO and the SFT baseline, tracked in MLflow (method.md section 6).
+"""Preference pairs -> LoRA adapters: DPO and the SFT baseline, tracked in MLflow (docs/method.md section 6).
 
     python -m pipelines train [--params params.yaml]
     # data/pairs/{train,eval}.jsonl -> data/models/{dpo,sft}/adapter, data/train_summary.json, MLflow runs
