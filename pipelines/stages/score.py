@@ -126,8 +126,8 @@ class Chunk:
                 self.decisions.append(d)
                 self.explanations.append(e.reshape(1, d.size))
                 self.tokens.append(tokens)
-            own = target["kind"] == OWN
-            columns["id"].append(f"{attribution['id']}/{target['index'] if own else target['kind'] + '-' + str(target['index'])}")
+            suffix = target["index"] if target["kind"] == OWN else f"{target['kind']}-{target['index']}"
+            columns["id"].append(f"{attribution['id']}/{suffix}")
             columns["generation_id"].append(generation.id)
             columns["task_id"].append(generation.task_id)
             columns["dataset"].append(generation.dataset)
