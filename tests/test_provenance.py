@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.core.config import Params
-from pipelines.core.provenance import changed_keys
-from pipelines.stages.attribute import method_settings as attribute_settings
+from pipelines.core.provenance import changed_keys, method_settings
 from pipelines.core.records import read_records
 from pipelines.stages import attribute, generate, tasks
 
@@ -108,10 +107,10 @@ def test_records_from_before_fingerprints_are_kept_only_when_their_settings_matc
 
 def test_method_settings_name_only_what_the_method_reads(params):
     lime = edited(params, "attribute", methods=("lime", "lig"))
-    assert {"n_samples", "masks", "lime_alpha", "target"} <= set(attribute_settings(lime, "lime"))
-    assert "ig_steps" not in attribute_settings(lime, "lime")
-    assert {"ig_steps"} <= set(attribute_settings(lime, "lig")) and "target" not in attribute_settings(lime, "lig")
-    assert not {"batch_size", "memory_budget_mb", "methods"} & set(attribute_settings(lime, "lime"))
+    assert {"n_samples", "masks", "lime_alpha", "target"} <= set(method_settings(lime.attribute, lime.seed, "lime"))
+    assert "ig_steps" not in method_settings(lime.attribute, lime.seed, "lime")
+    assert {"ig_steps"} <= set(method_settings(lime.attribute, lime.seed, "lig")) and "target" not in method_settings(lime.attribute, lime.seed, "lig")
+    assert not {"batch_size", "memory_budget_mb", "methods"} & set(method_settings(lime.attribute, lime.seed, "lime"))
     assert changed_keys({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}, "d": 0}) == ["a.c", "d"]
 
 

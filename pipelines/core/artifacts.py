@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.core.config import Params
+from pipelines.core.provenance import method_settings, record_settings
 from pipelines.core.quality import QualityReport, validate, validate_tables
 from pipelines.core.records import read_records, torn_tail
 
@@ -115,13 +116,11 @@ def parts(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, A
     iterable of arrow tables, `BankTables`), so no part is ever held whole."""
     name = artifact.asset
     if name in ("raw_tasks", "generations", "attributions"):
-        from pipelines.stages.attribute import method_settings
-        from pipelines.stages.generate import record_settings
-
         expected = {"raw_tasks": {"dataset": folder.name},
-                    "attributions": {"settings": {m: method_settings(params, m) for m in params.attribute.methods}},
+                    "attributions": {"settings": {m: method_settings(params.attribute, params.seed, m)
+                                                  for m in params.attribute.methods}},
                     "generations": {"n_explanations": params.generate.n_explanations,
-                                    "settings": record_settings(params)}}[name]
+                                    "settings": record_settings("generate", params.generate, params.seed)}}[name]
         return [(folder.name, read_records(folder / artifact.files[0]), expected)]
     if name == "bank":
         return [(folder.name, BankTables(folder / "bank.parquet"), {})]

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from pipelines.attribution.catalog import METHODS
 from pipelines.core.config import AttributeParams, GenerateParams, Params, TrainParams
 from pipelines.core.records import read_records, sha256
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 # its own generator, each perturbation its own row) and so never force a recompute.
 NOT_RECORD_DETERMINING: dict[str, tuple[str, ...]] = {
     "generate": ("batch_size", "tasks_per_chunk"),
-    "attribute": ("batch_size", "memory_budget_mb", "methods"),  # per method: stages/attribute.py method_settings
+    "attribute": ("batch_size", "memory_budget_mb", "methods"),  # per method: method_settings
     # the global batch is what the optimizer sees; DDP over `processes` gives the single process's losses
     "train": ("save_steps", "processes", "gradient_checkpointing", "algorithms", "precompute_ref_log_probs"),
 }
@@ -42,6 +43,27 @@ def section_settings(name: str, section: GenerateParams | AttributeParams | Trai
     """A stage section's record-determining values (JSON types)."""
     values = json.loads(section.model_dump_json())
     return {k: v for k, v in values.items() if k not in NOT_RECORD_DETERMINING[name]}
+
+
+def record_settings(name: str, section: GenerateParams | AttributeParams | TrainParams, seed: int) -> dict[str, Any]:
+    """What every record of the stage `name` holds in its `settings` for this run's section and seed."""
+    return {**section_settings(name, section), "seed": seed}
+
+
+def method_settings(section: AttributeParams, seed: int, method: str) -> dict[str, Any]:
+    """The settings an attribution record of `method` depends on: a sampling method's n_samples and masks,
+    LIME's alpha, LIG's steps, a perturbation method's target; the rest apply to every method."""
+    entry = METHODS[method]
+    unused = set()
+    if not entry.samples:
+        unused |= {"n_samples", "masks"}
+    if method != "lime":
+        unused.add("lime_alpha")
+    if method != "lig":
+        unused.add("ig_steps")
+    if entry.family != "perturbation":
+        unused.add("target")  # gradient methods always take the sequence objective
+    return {k: v for k, v in record_settings("attribute", section, seed).items() if k not in unused}
 
 
 def mismatched_settings(rows: Iterable[dict[str, Any]], expected: Callable[[dict[str, Any]], dict[str, Any]]

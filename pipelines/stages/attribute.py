@@ -112,7 +112,7 @@ def run(params: Params, folder: Path, fail_after: int | None = None, shard: tupl
     generations = [Generation.from_dict(row) for row in read_stage_input(source, "generate")]
     methods = params.attribute.methods  # their order is the records' order
     current = provenance.fingerprint({"attribute": {"methods": list(methods), **{
-                                          m: method_settings(params, m) for m in methods}},
+                                          m: provenance.method_settings(params.attribute, params.seed, m) for m in methods}},
                                       "model": model_fingerprint(params.model)}, {"generations.jsonl": source})
     restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, folder),
                                              lambda rows: legacy_changes(rows, params))
@@ -149,26 +149,10 @@ def legacy_changes(rows: list[dict[str, Any]], params: Params) -> list[str]:
     changed = {"attribute.methods" for row in rows if row["method"] not in methods}
     known = [row for row in rows if row["method"] in methods]
     changed |= {f"attribute.{key}" for _, keys in provenance.mismatched_settings(
-        known, lambda row: method_settings(params, row["method"])) for key in keys}
+        known, lambda row: provenance.method_settings(params.attribute, params.seed, row["method"])) for key in keys}
     return sorted(changed)
 
 
 def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 3) if values else None
 
-
-def method_settings(params: Params, method: str) -> dict[str, Any]:
-    """The settings an attribution record of `method` depends on: a sampling method's n_samples and masks,
-    LIME's alpha, LIG's steps, a perturbation method's target; the rest apply to every method."""
-    entry = METHODS[method]
-    unused = set()
-    if not entry.samples:
-        unused |= {"n_samples", "masks"}
-    if method != "lime":
-        unused.add("lime_alpha")
-    if method != "lig":
-        unused.add("ig_steps")
-    if entry.family != "perturbation":
-        unused.add("target")  # gradient methods always take the sequence objective
-    section = provenance.section_settings("attribute", params.attribute)
-    return {**{k: v for k, v in section.items() if k not in unused}, "seed": params.seed}

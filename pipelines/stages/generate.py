@@ -181,7 +181,7 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
     data = folder
     source, out, summary_path = data / "tasks.jsonl", data / "generations.jsonl", data / "generations_summary.json"
     tasks = [Task.from_dict(row) for row in read_stage_input(source, "tasks")]
-    current = provenance.fingerprint({"generate": record_settings(params),
+    current = provenance.fingerprint({"generate": provenance.record_settings("generate", params.generate, params.seed),
                                       "model": model_fingerprint(params.model)}, {"tasks.jsonl": source})
     restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, folder),
                                              lambda rows: legacy_changes(rows, params, current))
@@ -216,14 +216,9 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
 
 def legacy_changes(rows: list[dict[str, Any]], params: Params, current: dict[str, Any]) -> list[str]:
     """Keys in which records written before fingerprints differ from this run (their own settings and model)."""
-    model, expected = current["params"]["model"], record_settings(params)
+    model, expected = current["params"]["model"], provenance.record_settings("generate", params.generate, params.seed)
     changed = {f"generate.{key}" for _, keys in provenance.mismatched_settings(rows, lambda _: expected)
                for key in keys}
     changed |= {f"model.{key}" for row in rows for key in ("sha256", "dtype") if row["model"].get(key) != model.get(key)}
     return sorted(changed)
 
-
-def record_settings(params: Params) -> dict[str, Any]:
-    """What every generation record's `settings` must hold for this run (they also hold the chat template's
-    digest and the batch sizes, which change no record)."""
-    return {**provenance.section_settings("generate", params.generate), "seed": params.seed}
