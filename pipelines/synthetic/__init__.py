@@ -1,1 +1,1 @@
-"""The known-answer world and the small model trained on it: ground truth for the instrument (README, "Known-answer world")."""
+"""The known-answer world and the small model trained on it: ground truth for the instrument (docs/measurement.md, "Known-answer world")."""
