@@ -25,7 +25,7 @@ from typing import Any
 
 from pipelines.attribution.catalog import METHODS
 from pipelines.core.config import AttributeParams, GenerateParams, Params, TrainParams
-from pipelines.core.records import read_records, sha256
+from pipelines.core.records import read_records, sha256, torn_tail
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,11 @@ def resume_or_restart(out: Path, summary: Path, current: dict[str, Any], place: 
 
     An output from before fingerprints (records, no fingerprint in its summary) is kept when
     `legacy_changes(records)` finds nothing: its records' own settings match this run's."""
-    rows = list(read_records(out)) if out.exists() else []
-    if not rows:
-        return []
+    if not out.exists() or out.stat().st_size == len(torn_tail(out)):
+        return []  # no complete record: nothing to keep or to set aside
     recorded = recorded_fingerprint(summary)
     changed = [key.removeprefix("params.") for key in changed_keys(recorded, current)] if recorded is not None \
-        else legacy_changes(rows)
+        else legacy_changes(list(read_records(out)))  # only outputs from before fingerprints are read whole
     if changed:
         set_aside([out, summary], place)
         log.warning("%s was made with other settings (%s): starting it afresh; the old one is in %s",

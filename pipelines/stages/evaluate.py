@@ -63,8 +63,6 @@ def log_evaluation(params: Params, data: Path, name: str, own: Params, summary: 
 
 def run(params: Params, data: Path) -> dict[str, Any]:
     """Each evaluated model regenerates, attributes and scores the held-out tasks in data/evaluation/<name>/."""
-    import pandas as pd
-
     tasks = evaluation_tasks(params)
     summary_path = data / "evaluation" / "evaluate_summary.json"
     previous = json.loads(summary_path.read_text()).get("models", {}) if summary_path.exists() else {}
@@ -75,7 +73,7 @@ def run(params: Params, data: Path) -> dict[str, Any]:
         generated = generate.run(own, folder)
         attribute.run(own, folder)
         score.run(own, folder)
-        bank = pd.read_parquet(folder / "bank.parquet")
+        bank = score.read_scores(folder / "bank.parquet", ["kind", "spearman", "cosine"])
         bank = bank[bank["kind"] == OWN]
         metrics = {"accuracy": generated["accuracy"], "decisions": generated["generations"],
                    **{f"mean_{m}": float(bank[m].mean()) for m in ("spearman", "cosine") if m in bank}}
