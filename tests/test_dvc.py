@@ -206,6 +206,25 @@ def test_each_dvc_stage_lists_every_module_it_imports_and_every_params_section_i
     assert read <= declared, f"{stage} reads params sections {sorted(read - declared)} that dvc.yaml does not list"
 
 
+def test_every_params_key_dvc_yaml_lists_is_written_in_params_yaml():
+    """dvc reads a listed key from params.yaml itself, not from the schema's defaults: a key only the schema
+    holds fails `dvc repro` with 'missing from params.yaml'."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def present(key: str) -> bool:
+        node = params
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    listed = {(name, key) for name, body in stages.items()
+              for key in body.get("do", body).get("params", []) if isinstance(key, str)}
+    assert {(name, key) for name, key in listed if not present(key)} == set()
+
+
 def test_dvc_outputs_are_the_declared_artifact_files():
     """dvc.yaml's outs, metrics and plots of a stage are the files pipelines/core/artifacts.py declares for it."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]

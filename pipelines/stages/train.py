@@ -70,19 +70,38 @@ def as_dataset(algorithm: str, pairs: list[dict[str, Any]]):
     return Dataset.from_list([{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs])
 
 
+def stage_datasets(algorithm: str, train_pairs: list[dict[str, Any]], eval_pairs: list[dict[str, Any]],
+                   home: Path) -> None:
+    """The launch's datasets on disk before any rank starts. TRL's precomputed reference log-probs are cached
+    beside a dataset's files by rank 0 and read back by every rank; an in-memory dataset's cache lies in each
+    process's own temporary folder, where the other ranks never find it."""
+    as_dataset(algorithm, train_pairs).save_to_disk(str(home / "train"))
+    if eval_pairs:
+        as_dataset(algorithm, eval_pairs).save_to_disk(str(home / "eval"))
+
+
+def datasets_for(algorithm: str, train_pairs: list[dict[str, Any]], eval_pairs: list[dict[str, Any]],
+                 home: Path | None):
+    if home is None:
+        return as_dataset(algorithm, train_pairs), as_dataset(algorithm, eval_pairs) if eval_pairs else None
+    from datasets import load_from_disk
+
+    return load_from_disk(str(home / "train")), load_from_disk(str(home / "eval")) if eval_pairs else None
+
+
 def train(algorithm: str, model, tokenizer, train_pairs: list[dict[str, Any]], eval_pairs: list[dict[str, Any]],
-          params: TrainParams, output_dir: Path, seed: int):
-    """Fit one LoRA adapter; return the trainer (its state holds TRL's logs). Resumes from a checkpoint."""
+          params: TrainParams, output_dir: Path, seed: int, datasets_home: Path | None = None):
+    """Fit one LoRA adapter; return the trainer (its state holds TRL's logs). Resumes from a checkpoint.
+    `datasets_home`: where `stage_datasets` put the pairs for a multi-process launch."""
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     on_gpu = model.device.type == "cuda"
     arguments = trainer_arguments(algorithm, params, output_dir / "checkpoints", seed, bool(eval_pairs), on_gpu)
     config_class, trainer_class = (DPOConfig, DPOTrainer) if algorithm == "dpo" else (SFTConfig, SFTTrainer)
-    trainer = trainer_class(model=model, args=config_class(**arguments),
-                            train_dataset=as_dataset(algorithm, train_pairs),
-                            eval_dataset=as_dataset(algorithm, eval_pairs) if eval_pairs else None,
-                            processing_class=tokenizer, peft_config=lora_config(params))
+    train_dataset, eval_dataset = datasets_for(algorithm, train_pairs, eval_pairs, datasets_home)
+    trainer = trainer_class(model=model, args=config_class(**arguments), train_dataset=train_dataset,
+                            eval_dataset=eval_dataset, processing_class=tokenizer, peft_config=lora_config(params))
     checkpoint = get_last_checkpoint(arguments["output_dir"]) if Path(arguments["output_dir"]).exists() else None
     trainer.train(resume_from_checkpoint=checkpoint)
     return trainer
@@ -97,7 +116,7 @@ def read_pairs(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return train_pairs, eval_pairs
 
 
-def fit(params: Params, folder: Path, algorithm: str) -> dict[str, Any] | None:
+def fit(params: Params, folder: Path, algorithm: str, datasets_home: Path | None = None) -> dict[str, Any] | None:
     """One fine-tune, alone or as one rank of a data-parallel launch; its summary (None on ranks > 0)."""
     import mlflow
 
@@ -119,7 +138,8 @@ def fit(params: Params, folder: Path, algorithm: str) -> dict[str, Any] | None:
                                "pscb.pairs_train_sha256": sha256(folder / "pairs" / "train.jsonl"),
                                "pscb.pairs_train": len(train_pairs), "pscb.pairs_eval": len(eval_pairs),
                                "pscb.pair_method": train_pairs[0]["method"], "pscb.seed": params.seed})
-        trainer = train(algorithm, model, tokenizer, train_pairs, eval_pairs, params.train, output_dir, params.seed)
+        trainer = train(algorithm, model, tokenizer, train_pairs, eval_pairs, params.train, output_dir, params.seed,
+                        datasets_home)
         if not main:
             return None
         # before any evaluation claim: did the policy move, on pairs it never trained on?
@@ -149,12 +169,14 @@ def launch(params: Params, folder: Path, algorithm: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pscb-train-") as scratch:
         spec, result = Path(scratch) / "params.json", Path(scratch) / "result.json"
         spec.write_text(params.model_dump_json())
+        stage_datasets(algorithm, *read_pairs(folder), Path(scratch) / "datasets")
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                    "--num_processes", str(params.train.processes), "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
                    # the cores split between the processes: each torch otherwise starts one thread per core
                    "--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // params.train.processes)),
-                   "-m", "pipelines.stages.train", str(spec), str(folder), algorithm, str(result)]
+                   "-m", "pipelines.stages.train", str(spec), str(folder), algorithm, str(result),
+                   str(Path(scratch) / "datasets")]
         finished = subprocess.run(command)
         if finished.returncode != 0 or not result.exists():
             raise RuntimeError(f"{algorithm} on {params.train.processes} processes failed (exit code "
@@ -213,8 +235,8 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
     return summary
 
 
-if __name__ == "__main__":  # one rank of `launch`: python -m pipelines.stages.train PARAMS FOLDER ALGORITHM RESULT
-    spec, folder, algorithm, result = sys.argv[1:]
-    outcome = fit(Params.model_validate_json(Path(spec).read_text()), Path(folder), algorithm)
+if __name__ == "__main__":  # one rank of `launch`: python -m pipelines.stages.train PARAMS FOLDER ALGORITHM RESULT DATASETS
+    spec, folder, algorithm, result, datasets_home = sys.argv[1:]
+    outcome = fit(Params.model_validate_json(Path(spec).read_text()), Path(folder), algorithm, Path(datasets_home))
     if outcome is not None:
         write_json(Path(result), outcome)
