@@ -131,7 +131,7 @@ def test_the_model_build_is_deterministic_and_runs_through_the_stages_unchanged(
     from pipelines.synthetic.model import known_answer_model
     from pipelines.synthetic.validation import faithful_labels
 
-    world = SyntheticParams(questions=40, model={"steps": 3, "questions": 20, "batch_size": 4, "hidden": 32,
+    world = SyntheticParams(questions=40, model={"steps": 3, "batch_size": 4, "hidden": 32,
                                                  "heads": 2, "layers": 1})
     first, identity = known_answer_model(world, 5, tmp_path / "a")
     again, same = known_answer_model(world, 5, tmp_path / "b")

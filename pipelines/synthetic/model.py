@@ -34,7 +34,7 @@ from pipelines.synthetic.world import ATTRIBUTES, LETTERS, OBJECTS, QUESTION, ma
 SPECIAL = ["<pad>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
                  "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-RECIPE_VERSION = 1  # bump when the build changes what it makes
+RECIPE_VERSION = 2  # bump when the build changes what it makes
 
 
 def words() -> list[str]:
@@ -48,13 +48,27 @@ def words() -> list[str]:
     return list(seen)
 
 
+def fact_tokens() -> list[str]:
+    """One token per fact ("cup is red"), for every object and attribute of the world."""
+    return [f"{o} is {a}" for o in OBJECTS for a in ATTRIBUTES]
+
+
+def pieces_pattern() -> str:
+    """A fact first, else a word, else punctuation. With the fact as one token the lookup is one step of
+    attention (asked attribute -> the fact token holding it -> its object): word by word, it needs two heads
+    composed across layers, and 2-3 layer models trained here for up to 5,000 steps stayed at chance (0.21-0.28)
+    on it, while one token per fact reached 0.96 held-out accuracy in 300 steps (docs/known-answer.md)."""
+    return rf"\b(?:{'|'.join(OBJECTS)}) is (?:{'|'.join(ATTRIBUTES)})\b|\w+|[^\w\s]+"
+
+
 def make_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate([*SPECIAL, *words()])}
+    vocab = {token: i for i, token in enumerate([*SPECIAL, *words(), *fact_tokens()])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(pieces_pattern()), behavior="removed", invert=True)
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins the pieces with single spaces
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
                                         eos_token="<|end|>", additional_special_tokens=SPECIAL[2:5])
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -67,12 +81,12 @@ def decision_text(task: Task) -> str:
     return next(c for c in task.choices if c.label == task.answer_label).text
 
 
-def training_conversations(world: SyntheticParams, count: int, seed: int) -> list[list[dict[str, str]]]:
-    """Decision turn and why-turn of `count` questions from a seed of their own (never the bank's questions'
-    stream); the explanation restates the cue with probability p_faithful, else a random distractor."""
+def training_conversations(world: SyntheticParams, count: int, seed: int, stream: str) -> list[list[dict[str, str]]]:
+    """Decision turn and why-turn of `count` questions from a stream of their own (never the bank's
+    questions' stream); the explanation restates the cue with probability p_faithful, else a random distractor."""
     from pipelines.core.prompts import explanation_conversation
 
-    rng = random.Random(derive_seed(seed, "known-answer-training"))
+    rng = random.Random(derive_seed(seed, f"known-answer-training/{stream}"))
     conversations = []
     for _ in range(count):
         made = make_question(rng, world)
@@ -84,8 +98,8 @@ def training_conversations(world: SyntheticParams, count: int, seed: int) -> lis
         decision = decision_text(task)
         faithful = rng.random() < world.p_faithful
         stated = facts[cue] if faithful else rng.choice([f for i, f in enumerate(facts) if i != cue])
-        conversations.append([*explanation_conversation(task, decision),
-                              {"role": "assistant", "content": stated.sentence()}])
+        conversation = [*explanation_conversation(task, decision), {"role": "assistant", "content": stated.sentence()}]
+        conversations.append(drill(conversation) if rng.random() < world.model.drill_share else conversation)
     return conversations
 
 
@@ -186,13 +200,15 @@ def make_probe(encoded: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, attention, positions, ids[torch.arange(len(ids)), positions]
 
 
-def batch_maker(encoded: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, seed: int):
+def batch_maker(world: SyntheticParams, tokenizer, seed: int):
+    """Step -> a batch of fresh questions, the same for a step whatever ran before it: every question is seen
+    once, so the model learns the lookup rather than the training set."""
     import torch
 
-    order = random.Random(seed)
+    pad_id = tokenizer.pad_token_id
 
     def batch(step: int):
-        chosen = [encoded[order.randrange(len(encoded))] for _ in range(batch_size)]
+        chosen = [encode(tokenizer, c) for c in training_conversations(world, world.model.batch_size, seed, f"step-{step}")]
         width = max(len(ids) for ids, _ in chosen)
         ids = torch.tensor([i + [pad_id] * (width - len(i)) for i, _ in chosen])
         mask = torch.tensor([m + [0] * (width - len(m)) for _, m in chosen])
@@ -212,14 +228,11 @@ def build(world: SyntheticParams, seed: int, target: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     tokenizer = make_tokenizer()
-    conversations = training_conversations(world, world.model.questions + 256, seed)
-    encoded = [encode(tokenizer, c) for c in conversations]
-    encoded, held_out = encoded[:-256], encoded[-256:]
-    encoded += [encode(tokenizer, drill(c)) for c in conversations[: -256][: int(len(encoded) * world.model.drill_share)]]
+    held_out = [encode(tokenizer, c) for c in training_conversations(
+        world.model_copy(update={"model": world.model.model_copy(update={"drill_share": 0.0})}), 256, seed, "probe")]
     model = build_model(tokenizer, world.model)
     started = time.perf_counter()
-    history = fit(model, batch_maker(encoded, world.model.batch_size, tokenizer.pad_token_id, seed), world.model,
-                  make_probe(held_out, tokenizer.pad_token_id))
+    history = fit(model, batch_maker(world, tokenizer, seed), world.model, make_probe(held_out, tokenizer.pad_token_id))
     partial = target.with_name(target.name + ".partial")
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
