@@ -155,4 +155,9 @@ def test_the_model_build_is_deterministic_and_runs_through_the_stages_unchanged(
     assert all(r["model"]["source"] == "synthetic" for r in generations.values())
     bank = faithful_labels(pd.read_parquet(folder / "bank.parquet"), generations)
     assert len(bank) and set(bank["faithful"].map(repr)) <= {"True", "False", "None"}
+    own = bank[(bank["kind"] == "own") & (bank["method"] == "input_x_gradient")]
+    counted = json.loads((folder / "score_summary.json").read_text())["methods"]["input_x_gradient"]["ground_truth"]
+    assert counted == {"faithful": int((own["faithful"] == True).sum()),  # noqa: E712
+                       "unfaithful": int((own["faithful"] == False).sum()),  # noqa: E712
+                       "neither": int(own["faithful"].isna().sum())}
     assert json.loads((first / "pscb_training.json").read_text())["history"]

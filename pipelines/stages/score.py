@@ -33,6 +33,7 @@ from pipelines.analysis.metrics import align_by_string, metric_rows
 from pipelines.attribution.catalog import SAMPLING_METHODS
 from pipelines.core.config import Params
 from pipelines.core.records import read_records, write_json
+from pipelines.synthetic.world import SYNTHETIC_DATASET, label_explanation
 
 # Perturbation samples per feature below which the score summary warns. The convergence study
 # (experiments/results/convergence) found LIME and KernelSHAP alignment scores not reproducible across
@@ -62,13 +63,16 @@ class Decision(NamedTuple):
     decision: str
     explanations: list[str]
     model: str
+    ground_truth: tuple[bool | None, ...] | None  # known-answer world: each own explanation faithful or not
 
     @classmethod
     def of(cls, generation: dict[str, Any]) -> Decision:
         task = generation["task"]
+        truth = tuple(label_explanation(task["question"], text) for text in generation["explanations"]) \
+            if task["dataset"] == SYNTHETIC_DATASET else None
         return cls(generation["id"], task["id"], task["dataset"], task["split"], task["answer_label"],
                    generation["correct"], generation["answer_label"], generation["decision"],
-                   generation["explanations"], generation["model"]["id"])
+                   generation["explanations"], generation["model"]["id"], truth)
 
 
 def _targets(attribution: dict[str, Any], generation: Decision) -> list[dict[str, Any]]:
@@ -99,6 +103,7 @@ class Chunk:
         self.decisions: list[np.ndarray] = []  # one per record (one per row where tokens are string-aligned)
         self.explanations: list[np.ndarray] = []  # one (targets x features) block per decision entry
         self.tokens: list[list[str]] = []  # one per decision entry
+        self.faithful: list[bool | None] = []  # one per row: ground truth of a known-answer own explanation
         self.rows = 0
 
     def add(self, attribution: dict[str, Any], generation: Decision) -> None:
@@ -147,6 +152,8 @@ class Chunk:
             columns["explanation_seed"].append(seeds.get("explanations"))
             columns["n_samples"].append(n_samples)
             columns["model"].append(generation.model)
+            self.faithful.append(generation.ground_truth[target["index"]]
+                                 if generation.ground_truth is not None and target["kind"] == OWN else None)
         self.rows += len(targets)
 
     @staticmethod
@@ -215,6 +222,9 @@ class Chunk:
         table = table.replace_schema_metadata({b"pandas": json.dumps(metadata).encode()})
         summary = frame[list(SUMMARY_COLUMNS) + list(self.metrics)].copy()
         summary["explanation_empty"] = frame["explanation"].str.strip() == ""
+        import pandas as pd
+
+        summary["faithful"] = pd.array(self.faithful, dtype="boolean")
         return table, summary
 
 
@@ -305,8 +315,18 @@ def summarize(table, metrics: tuple[str, ...], samples: int = 2000, seed: int = 
             "by_dataset": {d: {m: _rounded(part[m].mean()) for m in metrics} for d, part in rows.groupby("dataset")},
             **control_summary(everything, metrics, samples, seed),
             "spread": {m: spread(rows, m) for m in metrics},
+            **ground_truth_counts(rows),
         }
     return summary
+
+
+def ground_truth_counts(rows) -> dict[str, Any]:
+    """Known-answer rows: how many own explanations restate the cue, a distractor, or neither."""
+    if "faithful" not in rows or not (rows["dataset"] == SYNTHETIC_DATASET).any():
+        return {}
+    labels = rows.loc[rows["dataset"] == SYNTHETIC_DATASET, "faithful"]
+    return {"ground_truth": {"faithful": int(labels.eq(True).sum()), "unfaithful": int(labels.eq(False).sum()),
+                             "neither": int(labels.isna().sum())}}
 
 
 def _merged_entry(old: dict[str, Any], new: dict[str, Any], old_type, new_type) -> dict[str, Any]:

@@ -23,6 +23,7 @@ OBJECTS = ("cup", "box", "pen", "key", "hat", "bag", "jar", "lamp", "book", "bal
            "bowl", "sock", "ring", "drum", "vase", "kite", "bell", "comb", "desk", "door", "fan")
 ATTRIBUTES = ("red", "blue", "green", "yellow", "black", "white", "brown", "pink", "gray", "orange", "purple",
               "gold", "silver", "violet", "cyan", "tan")
+SYNTHETIC_DATASET = "synthetic"  # the one dataset of the `synthetic` task source
 QUESTION = "Which object is {attribute}?"
 LETTERS = "ABCDEFGHIJ"
 
