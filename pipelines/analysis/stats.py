@@ -1,13 +1,12 @@
 """Statistics that can carry a claim: the decision is the unit, comparisons are paired, intervals gate.
 
 Every function takes one value per decision (a per-decision median alignment, a 0/1 correctness) and
-returns plain dicts for metrics.json. The references they are tested against: scipy's Wilcoxon and t
-tests, statsmodels' Holm correction, TOST (ttost_ind) and t-test power.
+returns plain dicts for metrics.json. The tests themselves are scipy's (Wilcoxon, t) and statsmodels'
+(Holm's correction, TOST with ttost_ind, t-test power): this module chooses and reports them.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -34,11 +33,13 @@ def paired_difference(difference: np.ndarray, samples: int, seed: int) -> dict[s
 
 def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
     """Holm-Bonferroni adjusted p over the family (the keys with a p); None stays None."""
-    tested = sorted(((p, key) for key, p in pvalues.items() if p is not None))
-    m, running, adjusted = len(tested), 0.0, {key: None for key in pvalues}
-    for rank, (p, key) in enumerate(tested):
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[key] = running
+    from statsmodels.stats.multitest import multipletests
+
+    tested = [key for key, p in pvalues.items() if p is not None]
+    adjusted: dict[str, float | None] = {key: None for key in pvalues}
+    if tested:
+        corrected = multipletests([pvalues[key] for key in tested], method="holm")[1]
+        adjusted.update({key: float(p) for key, p in zip(tested, corrected)})
     return adjusted
 
 
@@ -70,7 +71,7 @@ def equivalence(a: np.ndarray, b: np.ndarray, margin: float, samples: int, seed:
     """Two independent groups of decisions (e.g. correct vs incorrect): mean(a) - mean(b) with a
     bootstrap 95% CI (resampling within each group) and TOST with Welch t-tests against +-margin:
     equivalent when both one-sided tests reject at alpha."""
-    from scipy.stats import ttest_ind
+    from statsmodels.stats.weightstats import ttost_ind
 
     a, b = (np.asarray(x, float) for x in (a, b))
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
@@ -80,9 +81,7 @@ def equivalence(a: np.ndarray, b: np.ndarray, margin: float, samples: int, seed:
         return out
     rng = np.random.default_rng(seed)
     boot = [rng.choice(a, len(a)).mean() - rng.choice(b, len(b)).mean() for _ in range(samples)]
-    lower = ttest_ind(a + margin, b, equal_var=False, alternative="greater").pvalue
-    upper = ttest_ind(a - margin, b, equal_var=False, alternative="less").pvalue
-    tost = float(max(lower, upper))
+    tost = float(ttost_ind(a, b, -margin, margin, usevar="unequal")[0])
     out.update(difference=round(float(a.mean() - b.mean()), 4),
                ci95=[round(float(np.percentile(boot, 2.5)), 4), round(float(np.percentile(boot, 97.5)), 4)],
                tost_p=tost, equivalent=tost < alpha)
@@ -92,13 +91,11 @@ def equivalence(a: np.ndarray, b: np.ndarray, margin: float, samples: int, seed:
 def paired_power(n: int, effect: float, sd: float, alpha: float = 0.05) -> float:
     """Power of a two-sided paired t-test on n decisions to detect a mean difference `effect` when the
     paired differences have standard deviation `sd` (noncentral t)."""
-    from scipy.stats import nct, t
+    from statsmodels.stats.power import TTestPower
 
     if n < 2 or sd <= 0:
         return 0.0
-    df, shift = n - 1, effect / sd * math.sqrt(n)
-    critical = t.ppf(1 - alpha / 2, df)
-    return float(nct.sf(critical, df, shift) + nct.cdf(-critical, df, shift))
+    return float(TTestPower().power(effect_size=effect / sd, nobs=n, alpha=alpha, alternative="two-sided"))
 
 
 def decisions_for_power(effect: float, sd: float, power: float = 0.8, alpha: float = 0.05) -> int:
