@@ -49,6 +49,11 @@ def test_missing_params_file(tmp_path):
         load_params(tmp_path / "nope.yaml")
 
 
+def test_an_override_through_a_value_names_the_key(tmp_path):
+    with pytest.raises(ParamsError, match=r"override seed\.x: seed is a value \(42\), not a section"):
+        load_params(REPO / "params.yaml", {"seed.x": 1})
+
+
 def test_overrides_are_validated_too(tmp_path):
     path = write(tmp_path, "seed: 1\n")
     assert load_params(path, {"attribute.n_samples": 64}).attribute.n_samples == 64

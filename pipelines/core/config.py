@@ -391,8 +391,11 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
-        for key in parents:
+        for depth, key in enumerate(parents):
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):  # seed.x=1: seed holds a value, not keys
+                raise ParamsError(f"override {dotted}: {'.'.join(parents[: depth + 1])} is a value "
+                                  f"({node!r}), not a section with keys")
         node[leaf] = value
     try:
         return Params.model_validate(raw)
