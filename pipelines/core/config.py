@@ -53,8 +53,10 @@ class KnownAnswerModelParams(Section):
                        "12 minutes at the defaults on one thread).")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
+    echo_steps: int = Field(150, ge=0, description="First steps in which the decision turn names the asked "
+                            "attribute, not the object (pipelines/synthetic/model.py echo): a warm-up for the lookup.")
     drill_share: float = Field(0.0, ge=0, le=1, description="Share of training questions asked without the "
-                               "instruction and options (pipelines/synthetic/model.py drill).")
+                               "instruction, options and why-turn (pipelines/synthetic/model.py drill).")
 
 
 class SyntheticParams(Section):

@@ -29,12 +29,12 @@ from pipelines.core.config import KnownAnswerModelParams, SyntheticParams
 from pipelines.core.prompts import INSTRUCTION, WHY_QUESTION
 from pipelines.core.records import Choice, Task, sha256
 from pipelines.core.seeds import derive_seed
-from pipelines.synthetic.world import ATTRIBUTES, LETTERS, OBJECTS, QUESTION, make_question, question_text
+from pipelines.synthetic.world import ASKED, ATTRIBUTES, LETTERS, OBJECTS, QUESTION, make_question, question_text
 
 SPECIAL = ["<pad>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
                  "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-RECIPE_VERSION = 2  # bump when the build changes what it makes
+RECIPE_VERSION = 3  # bump when the build changes what it makes
 
 
 def words() -> list[str]:
@@ -104,11 +104,18 @@ def training_conversations(world: SyntheticParams, count: int, seed: int, stream
 
 
 def drill(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The same question without the instruction and options: the lookup alone, in a third of the tokens.
-    Mixed into training, it gives the lookup a dense signal, and the two layouts make the model find the
-    asked attribute by content rather than by its distance from the answer."""
+    """The same question without the instruction, options and why-turn: the lookup alone."""
     question = conversation[0]["content"].split("\n", 1)[0]
     return [{"role": "user", "content": question}, conversation[1]]
+
+
+def echo(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The decision turn answering the asked attribute instead of its object. The lookup takes two heads in
+    turn: one that brings the asked attribute to the answer position, one that queries the facts with it.
+    Neither gets a gradient until the other exists, so a fresh model sat at chance for over a thousand steps;
+    a few steps of this warm-up build the first head, and the second then forms within a few hundred."""
+    asked = ASKED.search(conversation[0]["content"]).group(1)
+    return [conversation[0], {"role": "assistant", "content": asked}]
 
 
 def encode(tokenizer, conversation: list[dict[str, str]]) -> tuple[list[int], list[int]]:
@@ -208,7 +215,8 @@ def batch_maker(world: SyntheticParams, tokenizer, seed: int):
     pad_id = tokenizer.pad_token_id
 
     def batch(step: int):
-        chosen = [encode(tokenizer, c) for c in training_conversations(world, world.model.batch_size, seed, f"step-{step}")]
+        made = training_conversations(world, world.model.batch_size, seed, f"step-{step}")
+        chosen = [encode(tokenizer, echo(c) if step < world.model.echo_steps else c) for c in made]
         width = max(len(ids) for ids, _ in chosen)
         ids = torch.tensor([i + [pad_id] * (width - len(i)) for i, _ in chosen])
         mask = torch.tensor([m + [0] * (width - len(m)) for _, m in chosen])

@@ -72,13 +72,13 @@ def make_rows(params: SyntheticParams, seed: int) -> list[dict[str, Any]]:
 
 
 _FACT = re.compile(r"\bThe (\w+) is (\w+)\s*\.")
-_ASKED = re.compile(r"Which object is (\w+)\s*\?")
+ASKED = re.compile(r"Which object is (\w+)\s*\?")
 
 
 def parse_question(question: str) -> tuple[list[Fact], Fact]:
     """The facts a question states and its cue (the fact naming the asked attribute)."""
     facts = [Fact(o, a) for o, a in _FACT.findall(question)]
-    asked = _ASKED.search(question)
+    asked = ASKED.search(question)
     cues = [f for f in facts if asked and f.attribute == asked.group(1)]
     if len(cues) != 1:
         raise ValueError(f"not a known-answer question (one fact must name the asked attribute): {question!r}")
