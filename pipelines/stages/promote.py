@@ -14,48 +14,14 @@ artifact of its training run) as a new version of `promote.registered_model` and
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.config import Params, PromoteParams
+from pipelines.analysis.gate import Gate, gate
+from pipelines.core.config import Params
 from pipelines.core.records import write_json
 from pipelines.core.tracking import use_experiment
-
-
-@dataclass(frozen=True)
-class Gate:
-    passed: bool
-    alignment_gain: float | None
-    alignment_gain_ci95: list[float] | None
-    accuracy_change: float | None
-    accuracy_lower_bound: float | None
-    reasons: list[str]
-
-
-def gate(metrics: dict[str, Any], params: PromoteParams) -> Gate:
-    """The promotion rule on a report's metrics.json (its `comparisons`, pipelines/stages/report.py)."""
-    comparison = metrics.get("comparisons", {}).get(f"{params.candidate}-base", {}).get("all")
-    if comparison is None:
-        return Gate(False, None, None, None, None, [
-            f"the report has no '{params.candidate}-base' comparison: add 'base' and '{params.candidate}' to "
-            "evaluate.models"])
-    alignment, accuracy = comparison["alignment"], comparison["accuracy"]
-    ci = alignment["ci95"]
-    reasons = []
-    if ci is None:
-        reasons.append(f"alignment gain has no confidence interval ({alignment['decisions']} paired decisions)")
-    elif not ci[0] > params.min_alignment_gain:
-        reasons.append(f"alignment gain {alignment['mean']:+.4f} (median Spearman, {params.candidate} - base): its "
-                       f"95% CI lower bound {ci[0]:+.4f} is not above promote.min_alignment_gain "
-                       f"{params.min_alignment_gain}")
-    if not accuracy["non_inferior"]:
-        bound = accuracy["lower_bound"]
-        reasons.append(f"accuracy change {accuracy['mean']} ({params.candidate} - base): non-inferiority not shown, "
-                       f"one-sided lower bound {bound} is not above -promote.accuracy_tolerance "
-                       f"{-params.accuracy_tolerance}")
-    return Gate(not reasons, alignment["mean"], list(ci) if ci else None, accuracy["mean"], accuracy["lower_bound"],
-                reasons)
 
 
 def registered_name(params: Params) -> str:

@@ -10,21 +10,28 @@ decisions of the same tasks (pipelines/analysis/stats.py): the median-Spearman d
 Wilcoxon and Holm-adjusted p over the family, its power at evaluate.min_detectable_effect (a run below
 evaluate.power is labelled a smoke test), accuracy as non-inferiority; correct vs incorrect decisions by
 TOST. Then the trust figures (null floor, diagnosticity) and the plots.
+
+The page (templates/report.html.j2, docs/report.md) opens on a summary card: each comparison's verdict with its
+CI and power, whether each fine-tune moved the policy, the promotion gate's decision on these metrics, and the
+trust line; then the figures, token heatmaps of a few seeded decisions, and the tables.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 
 from pipelines.analysis.controls import OWN, bootstrap_ci, control_summary
+from pipelines.analysis.gate import gate as promotion_rule
 from pipelines.analysis.stats import (
     decisions_for_power,
     equivalence,
@@ -33,13 +40,22 @@ from pipelines.analysis.stats import (
     paired_difference,
     paired_power,
 )
-from pipelines.core.config import Params, evaluation_datasets
+from pipelines.core.config import Params, PromoteParams, evaluation_datasets
 from pipelines.core.records import write_json
 from pipelines.stages.score import read_scores, sample_warnings
 
 METRICS = ("spearman", "cosine")
 # the evaluation banks' columns the report reads (with the score metrics)
 REPORT_COLUMNS = ["generation_id", "task_id", "dataset", "method", "kind", "correct", "n_features", "n_samples", "masks"]
+# the page's template ships beside this module (package data: pyproject's tool.setuptools.package-data)
+TEMPLATES = Path(__file__).parent / "templates"
+FOLD_ROWS = 6  # a table longer than this starts folded: the card and the figures come first
+HEATMAP_DECISIONS = 3
+# what a heatmap reads of its decisions' rows: the vectors, for these few decisions only
+HEATMAP_COLUMNS = ["generation_id", "method", "kind", "explanation_index", "spearman", "correct", "decision",
+                   "explanation", "decision_vector", "explanation_vector", "feature_tokens"]
+POSITIVE, NEGATIVE = "220,38,38", "37,99,235"  # red, blue
+MAX_OPACITY = 0.85  # the strongest token stays readable under its colour
 
 
 def wilson(successes: int, n: int) -> tuple[float, float] | None:
@@ -200,141 +216,331 @@ def figures(tables: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, 
     return out
 
 
-def render(metrics: dict[str, Any], plots: list[tuple[str, str]]) -> str:
-    def cell(stats: dict[str, Any], key: str) -> str:
-        value, ci = stats.get(key), stats.get(f"{key}_ci95")
-        if value is None:
-            return "–"
-        return f"{value:.3f}" + (f" <small>[{ci[0]:.3f}, {ci[1]:.3f}]</small>" if ci else "")
+# ---- the page: pipelines/stages/templates/report.html.j2 holds the markup; these functions give it plain values
 
-    keys = ["accuracy", "spearman_best", "spearman_median", "spearman_worst", "cosine_best", "cosine_median",
-            "cosine_worst", "spearman_median_correct", "spearman_median_incorrect", "spearman_within_decision_std",
-            "cosine_within_decision_std"]
-    rows = []
-    for dataset, domain in [("all", "all"), *metrics["domains"].items()]:
-        for name, per in metrics["models"].items():
-            stats = per.get(dataset)
-            if stats:
-                rows.append(f"<tr><td>{html.escape(dataset)}</td><td>{domain}</td><td>{name}</td>"
-                            f"<td>{stats['decisions']}</td>" + "".join(f"<td>{cell(stats, k)}</td>" for k in keys) + "</tr>")
-    comparison_rows = comparison_table(metrics)
-    equivalence_rows = [
-        f"<tr><td>{name}</td><td>{html.escape(d)}</td><td>{e['n_a']} / {e['n_b']}</td><td>{_signed(e['difference'])}"
-        f"{_interval(e['ci95'])}</td><td>±{e['margin']}</td><td>{_p(e['tost_p'])}</td>"
-        f"<td>{'yes' if e['equivalent'] else 'not shown'}</td></tr>"
-        for name, per in metrics["models"].items() for d, stats in per.items()
-        for e in [stats["correct_vs_incorrect_spearman"]]]
-    smoke = metrics.get("smoke_test", True)
-    power = metrics["power"]
-    banner = (f"<p style='background:#fee;padding:6px'><b>Smoke test: supports no claim.</b> The main comparison "
-              f"cannot detect a change of {power['effect']} in per-decision median Spearman with "
-              f"{power['target']:.0%} power ({html.escape(power['how'])}).</p>" if smoke else "")
-    trust = trust_section(metrics.get("trust", {}))
-    images = "".join(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(t)}</figcaption></figure>"
-                     for t, b64 in plots)
-    header = "".join(f"<th>{k.replace('_', ' ')}</th>" for k in ["dataset", "domain", "model", "decisions", *keys])
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>PSCB evaluation</title><style>
-body{{font-family:sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}figure{{display:inline-block;margin:1em}}</style></head>
-<body><h1>PSCB evaluation: base vs DPO vs SFT</h1>
-<p>Attribution method: {html.escape(metrics['method'])}. Per decision: best / median / worst over its explanations,
-then averaged over decisions; [95% CI] (Wilson for accuracy, bootstrap for means).</p>
-<table><tr>{header}</tr>{''.join(rows)}</table>
-{movement_section(metrics.get("movement", {}))}
-<h2>Paired comparisons (same tasks; the unit is the decision)</h2>{banner}
-<p>Alignment: mean paired difference of per-decision median Spearman [bootstrap 95% CI], Wilcoxon p, and Holm's
-adjusted p over every alignment test in this table; power to detect {power['effect']} at alpha {power['alpha']}.
-Accuracy: non-inferiority, the one-sided {1 - power['alpha']:.0%} lower bound of the paired change against minus
-the margin (promote.accuracy_tolerance); McNemar on the discordant decisions.</p>
-<table><tr><th>comparison</th><th>dataset</th><th>decisions</th><th>median Spearman difference</th><th>Wilcoxon p</th>
-<th>Holm p</th><th>power</th><th>decisions for power</th><th>accuracy change</th><th>lower bound</th>
-<th>non-inferior</th><th>gained / lost</th><th>McNemar p</th></tr>{''.join(comparison_rows)}</table>
-<h2>Correct vs incorrect decisions</h2>
-<p>Per-decision median Spearman, mean over correct minus mean over incorrect decisions [bootstrap 95% CI];
-equivalence by TOST (two one-sided Welch t-tests) against the margin evaluate.equivalence_margin. A
-non-significant difference is not equivalence.</p>
-<table><tr><th>model</th><th>dataset</th><th>correct / incorrect</th><th>difference</th><th>margin</th>
-<th>TOST p</th><th>equivalent</th></tr>{''.join(equivalence_rows)}</table>
-{trust}
-<h2>Figures</h2>{images}</body></html>"""
+
+@functools.cache
+def _template() -> jinja2.Template:
+    # StrictUndefined: a name the template expects and the view lacks fails the report, not a blank cell
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return environment.get_template("report.html.j2")
+
+
+def render(metrics: dict[str, Any], plots: list[tuple[str, str]], gate: dict[str, Any] | None = None,
+           heatmaps: list[dict[str, Any]] | None = None, seed: int | None = None) -> str:
+    """The self-contained HTML page: summary card, figures, token heatmaps (token_heatmaps), then the tables.
+    `gate` is promotion_gate's decision on these metrics, when known."""
+    return _template().render(
+        models=list(metrics["models"]), method=metrics["method"], power=metrics["power"],
+        card=summary_card(metrics, gate), plots=[{"title": t, "png": b64} for t, b64 in plots],
+        heatmaps=heatmaps or [], seed=seed, fold_rows=FOLD_ROWS, model_table=model_table(metrics),
+        movement=movement_table(metrics.get("movement", {})), comparisons=comparison_table(metrics),
+        equivalence=equivalence_table(metrics), trust=trust_table(metrics.get("trust", {})))
+
+
+def cell(value: Any, ci=None, n: int | None = None, signed: bool = False, strong: bool = False) -> dict[str, Any]:
+    """One table value as the template's `num` macro shows it: the number, its [CI] and n small beside it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return {"value": "–", "ci": None, "n": None, "strong": strong}
+    if isinstance(value, str):
+        return {"value": value, "ci": None, "n": None, "strong": strong}
+    form = "{:+.3f}" if signed else "{:.3f}"
+    interval = f"[{form.format(ci[0])}, {form.format(ci[1])}]" if ci else None
+    return {"value": form.format(value), "ci": interval, "n": n, "strong": strong}
 
 
 def _signed(value: float | None) -> str:
     return "–" if value is None else f"{value:+.3f}"
 
 
-def _interval(ci) -> str:
-    return f" <small>[{ci[0]:+.3f}, {ci[1]:+.3f}]</small>" if ci else ""
-
-
 def _p(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}"
 
 
-def comparison_table(metrics: dict[str, Any]) -> list[str]:
+def _text(value: Any) -> dict[str, Any]:
+    return cell("–" if value is None else str(value))
+
+
+def alignment_verdict(alignment: dict[str, Any]) -> tuple[str, str]:
+    """(verdict, tone) from the interval alone: a point estimate inside an interval that covers 0 shows nothing."""
+    ci = alignment["ci95"]
+    if ci is None:
+        return f"no interval ({alignment['decisions']} paired decisions)", "neutral"
+    if ci[0] > 0:
+        return "alignment rose", "up"
+    if ci[1] < 0:
+        return "alignment fell", "down"
+    return "no change shown (the interval covers 0)", "neutral"
+
+
+def power_label(alignment: dict[str, Any], target: float) -> str:
+    power = alignment["power"]
+    if alignment["smoke_test"]:
+        return (f"smoke test: power {power['value']:.2f} < {target:.2f}, {power['decisions_needed']} decisions "
+                f"needed, {alignment['decisions']} evaluated")
+    return f"powered: {power['value']:.2f} ≥ {target:.2f} to detect {power['effect']}"
+
+
+def accuracy_line(accuracy: dict[str, Any]) -> str:
+    shown = "non-inferior" if accuracy["non_inferior"] else "non-inferiority not shown"
+    return (f"accuracy change {_signed(accuracy['mean'])}, lower bound {_signed(accuracy['lower_bound'])} against "
+            f"-{accuracy['margin']}: {shown}")
+
+
+def comparison_verdict(name: str, per: dict[str, Any], domains: dict[str, str], target: float) -> dict[str, Any]:
+    """One card line: the pooled verdict with its CI, power and accuracy, and a word per dataset."""
+    pooled = per["all"]["alignment"]
+    verdict, tone = alignment_verdict(pooled)
+    datasets = [{"dataset": d, "domain": domains.get(d, d), "verdict": alignment_verdict(s["alignment"])[0],
+                 "difference": cell(s["alignment"]["mean"], s["alignment"]["ci95"], signed=True),
+                 "smoke": s["alignment"]["smoke_test"]} for d, s in per.items() if d != "all"]
+    return {"title": name.replace("-", " vs "), "verdict": verdict, "tone": tone,
+            "difference": cell(pooled["mean"], pooled["ci95"], n=pooled["decisions"], signed=True),
+            "holm_p": _p(pooled.get("holm_p")), "power": power_label(pooled, target),
+            "smoke": pooled["smoke_test"], "accuracy": accuracy_line(per["all"]["accuracy"]), "datasets": datasets}
+
+
+def movement_line(name: str, moves: dict[str, Any]) -> dict[str, Any]:
+    accuracy, p = moves.get("reward_accuracy"), moves.get("reward_accuracy_p")
+    changed = moves.get("changed_explanations_changed")
+    if accuracy is None and changed is None:
+        detail = "no held-out reward figures or changed outputs: train_summary.json and evaluate_summary.json lack them"
+    else:
+        detail = (f"held-out reward accuracy {'–' if accuracy is None else f'{accuracy:.3f}'} (p {_p(p)}), "
+                  f"{'–' if changed is None else f'{changed:.0%}'} of explanations changed at evaluation")
+    return {"model": name, "moved": bool(moves.get("moved")), "detail": detail}
+
+
+def promotion_gate(metrics: dict[str, Any], settings: PromoteParams) -> dict[str, Any]:
+    """The decision `python -m pipelines promote` will take on this metrics.json, with the thresholds it used."""
+    return {"candidate": settings.candidate, "min_alignment_gain": settings.min_alignment_gain,
+            "accuracy_tolerance": settings.accuracy_tolerance, **asdict(promotion_rule(metrics, settings))}
+
+
+def gate_line(gate: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The gate's decision and why: its reasons when it refuses, the two bounds that cleared when it passes."""
+    if gate is None:
+        return None
+    reasons = list(gate["reasons"])
+    if gate["passed"]:
+        reasons = [f"alignment gain {_signed(gate['alignment_gain'])}: its 95% CI lower bound "
+                   f"{gate['alignment_gain_ci95'][0]:+.4f} is above promote.min_alignment_gain "
+                   f"{gate['min_alignment_gain']}",
+                   f"accuracy change {_signed(gate['accuracy_change'])}: non-inferior, one-sided lower bound "
+                   f"{_signed(gate['accuracy_lower_bound'])} above -promote.accuracy_tolerance "
+                   f"{-gate['accuracy_tolerance']}"]
+    return {"candidate": gate["candidate"], "passed": gate["passed"], "reasons": reasons}
+
+
+def trust_line(name: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """Over all datasets: observed vs null floor (Spearman when scored) and the best diagnosticity AUROC."""
+    floors = figures.get("null_floor", {}).get("all")
+    if not floors:
+        return {"model": name, "controls": False}
+    metric = "spearman" if "spearman" in floors else next(iter(floors))
+    floor = floors[metric]
+    aurocs = {m: d["auroc"] for m, d in figures["diagnosticity"]["all"].items() if d["auroc"]["mean"] is not None}
+    best = max(aurocs, key=lambda m: aurocs[m]["mean"]) if aurocs else None
+
+    def estimate(e: dict[str, Any], signed: bool = True) -> dict[str, Any]:
+        return cell(e.get("mean"), e.get("ci95"), n=e.get("decisions"), signed=signed)
+
+    return {"model": name, "controls": True, "metric": metric, "observed": estimate(floor["observed"]),
+            "floor": estimate(floor["floor"]), "excess": estimate(floor["observed_minus_floor"]),
+            "auroc": estimate(aurocs[best], signed=False) if best else None, "auroc_metric": best}
+
+
+def summary_card(metrics: dict[str, Any], gate: dict[str, Any] | None) -> dict[str, Any]:
+    target = metrics["power"]["target"]
+    return {"smoke": metrics.get("smoke_test", True),
+            "comparisons": [comparison_verdict(name, per, metrics["domains"], target)
+                            for name, per in metrics["comparisons"].items()],
+            "movement": [movement_line(name, m) for name, m in metrics.get("movement", {}).items()],
+            "gate": gate_line(gate),
+            "trust": [trust_line(name, figures) for name, figures in metrics.get("trust", {}).items()]}
+
+
+MODEL_KEYS = ["accuracy", "spearman_best", "spearman_median", "spearman_worst", "cosine_best", "cosine_median",
+              "cosine_worst", "spearman_median_correct", "spearman_median_incorrect", "spearman_within_decision_std",
+              "cosine_within_decision_std"]
+
+
+def model_table(metrics: dict[str, Any]) -> dict[str, Any]:
+    rows = []
+    for dataset, domain in [("all", "all"), *metrics["domains"].items()]:
+        for name, per in metrics["models"].items():
+            stats = per.get(dataset)
+            if stats:
+                rows.append([_text(dataset), _text(domain), _text(name), _text(stats["decisions"])]
+                            + [cell(stats.get(k), stats.get(f"{k}_ci95")) for k in MODEL_KEYS])
+    header = [k.replace("_", " ") for k in ["dataset", "domain", "model", "decisions", *MODEL_KEYS]]
+    return {"header": header, "rows": rows}
+
+
+def comparison_table(metrics: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for name, per in metrics["comparisons"].items():
         for dataset, r in per.items():
             a, acc = r["alignment"], r["accuracy"]
-            label = " <small>(smoke test)</small>" if a["smoke_test"] else ""
-            rows.append(
-                f"<tr><td>{name}</td><td>{html.escape(dataset)}</td><td>{a['decisions']}{label}</td>"
-                f"<td>{_signed(a['mean'])}{_interval(a['ci95'])}</td><td>{_p(a['wilcoxon_p'])}</td>"
-                f"<td>{_p(a.get('holm_p'))}</td><td>{a['power']['value']:.2f}</td><td>{a['power']['decisions_needed']}</td>"
-                f"<td>{_signed(acc['mean'])}</td><td>{_signed(acc['lower_bound'])}</td>"
-                f"<td>{'yes' if acc['non_inferior'] else 'not shown'}</td><td>+{acc['gained']} / -{acc['lost']}</td>"
-                f"<td>{_p(acc['mcnemar_p'])}</td></tr>")
-    return rows
+            decisions = f"{a['decisions']}" + (" (smoke test)" if a["smoke_test"] else "")
+            rows.append([_text(name), _text(dataset), _text(decisions), cell(a["mean"], a["ci95"], signed=True),
+                         _text(_p(a["wilcoxon_p"])), _text(_p(a.get("holm_p"))), cell(a["power"]["value"]),
+                         _text(a["power"]["decisions_needed"]), _text(_signed(acc["mean"])),
+                         _text(_signed(acc["lower_bound"])), _text("yes" if acc["non_inferior"] else "not shown"),
+                         _text(f"+{acc['gained']} / -{acc['lost']}"), _text(_p(acc["mcnemar_p"]))])
+    header = ["comparison", "dataset", "decisions", "median Spearman difference", "Wilcoxon p", "Holm p", "power",
+              "decisions for power", "accuracy change", "lower bound", "non-inferior", "gained / lost", "McNemar p"]
+    return {"header": header, "rows": rows}
 
 
-def trust_section(trust: dict[str, Any]) -> str:
+def equivalence_table(metrics: dict[str, Any]) -> dict[str, Any]:
+    rows = [[_text(name), _text(d), _text(f"{e['n_a']} / {e['n_b']}"), cell(e["difference"], e["ci95"], signed=True),
+             _text(f"±{e['margin']}"), _text(_p(e["tost_p"])), _text("yes" if e["equivalent"] else "not shown")]
+            for name, per in metrics["models"].items() for d, stats in per.items()
+            for e in [stats["correct_vs_incorrect_spearman"]]]
+    header = ["model", "dataset", "correct / incorrect", "difference", "margin", "TOST p", "equivalent"]
+    return {"header": header, "rows": rows}
+
+
+def trust_table(trust: dict[str, Any]) -> dict[str, Any]:
     """Observed alignment vs its null floor, and the diagnosticity AUROC, per model and dataset."""
-    def estimate(e: dict[str, Any] | None) -> str:
-        if not e or e.get("mean") is None:
-            return "–"
-        ci = e.get("ci95")
-        return f"{e['mean']:+.3f}" + (f" <small>[{ci[0]:+.3f}, {ci[1]:+.3f}]</small>" if ci else "") + \
-            f" <small>n={e['decisions']}</small>"
+    def estimate(e: dict[str, Any] | None) -> dict[str, Any]:
+        return cell(e.get("mean"), e.get("ci95"), n=e.get("decisions"), signed=True) if e else cell(None)
 
     rows, warnings = [], []
     for name, figures in trust.items():
-        warnings += [f"<li>{html.escape(name)}: {html.escape(w)}</li>" for w in figures.get("warnings", [])]
+        warnings += [f"{name}: {w}" for w in figures.get("warnings", [])]
         for dataset, by_metric in figures.get("null_floor", {}).items():
             diagnostic = figures["diagnosticity"][dataset]
             for metric, floor in by_metric.items():
-                rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(dataset)}</td><td>{metric}</td>"
-                            f"<td>{estimate(floor['observed'])}</td><td>{estimate(floor['floor'])}</td>"
-                            f"<td>{estimate(floor['observed_minus_floor'])}</td>"
-                            f"<td>{estimate(diagnostic[metric]['auroc'])}</td></tr>")
-    if not rows:
-        return "<h2>Trust in the measurement</h2><p>No control explanations in these banks.</p>"
-    return f"""<h2>Trust in the measurement</h2>
-<p>Null floor: the same decision's vector against explanations of other tasks teacher-forced on its prompt; only
-observed minus floor is agreement that belongs to the explanation. Diagnosticity: within each decision, the AUROC
-of its own explanations' scores against the counterfactual explanation (written after a forced other option);
-0.5 = the metric cannot tell them apart. Means over decisions, [bootstrap 95% CI over decisions].</p>
-<ul>{''.join(warnings)}</ul>
-<table><tr><th>model</th><th>dataset</th><th>metric</th><th>observed</th><th>null floor</th><th>observed - floor</th>
-<th>diagnosticity AUROC</th></tr>{''.join(rows)}</table>"""
+                rows.append([_text(name), _text(dataset), _text(metric), estimate(floor["observed"]),
+                             estimate(floor["floor"]), estimate(floor["observed_minus_floor"]),
+                             estimate(diagnostic[metric]["auroc"])])
+    header = ["model", "dataset", "metric", "observed", "null floor", "observed - floor", "diagnosticity AUROC"]
+    return {"header": header, "rows": rows, "warnings": warnings}
+
+
+def movement_table(moves: dict[str, Any]) -> dict[str, Any]:
+    def value(v) -> str:
+        return "–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    keys = ["pairs", "reward_accuracy", "reward_accuracy_p", "reward_margin", "logp_shift_chosen",
+            "logp_shift_rejected", "kl_per_token", "changed_decisions_changed", "changed_explanations_changed"]
+    rows = [[_text(name), *(_text(value(m.get(k))) for k in keys),
+             cell("yes") if m["moved"] else cell("no", strong=True)] for name, m in moves.items()]
+    header = ["model", *(k.replace("changed_", "").replace("_", " ") for k in keys), "moved"]
+    return {"header": header, "rows": rows, "stale": [name for name, m in moves.items() if not m["moved"]]}
+
+
+# ---- token heatmaps: a few decisions' prompt tokens coloured by the decision's and its explanations' attributions
+
+
+def scored_decisions(bank, method: str) -> list[str]:
+    """The decisions of `method` with at least one own explanation whose Spearman is defined (sorted ids)."""
+    own = bank[(bank["method"] == method) & (bank["kind"] == OWN) & bank["spearman"].notna()]
+    return sorted(own["generation_id"].unique().tolist())
+
+
+def pick_decisions(candidates: dict[str, list[str]], seed: int, count: int = HEATMAP_DECISIONS) -> list[tuple[str, str]]:
+    """(model, generation id) of `count` decisions drawn without replacement from all models' candidates,
+    seeded so a rerun shows the same decisions; in model order, then id order."""
+    pooled = [(name, gid) for name, ids in candidates.items() for gid in ids]
+    if not pooled:
+        return []
+    chosen = np.random.default_rng(seed).choice(len(pooled), size=min(count, len(pooled)), replace=False)
+    return [pooled[i] for i in sorted(chosen)]
+
+
+def decision_rows(path: Path, method: str, ids: list[str]):
+    """The own rows of these decisions, vectors included. The filter is pushed into the parquet scan (row-group
+    statistics skip the rest), so a bank of 100K decisions is never loaded whole."""
+    import pyarrow.parquet as pq
+
+    names = pq.ParquetFile(path).schema_arrow.names
+    table = pq.read_table(path, columns=[c for c in HEATMAP_COLUMNS if c in names], filters=[
+        ("generation_id", "in", ids), ("method", "==", method), ("kind", "==", OWN)])
+    return table.to_pandas()
+
+
+def display_token(token: str) -> str:
+    # byte-level BPE (SmolLM2, GPT-2) marks a leading space as Ġ and a newline as Ċ, SentencePiece a space as ▁;
+    # the newline stays visible (↵, it has an attribution too) and breaks the line as in the prompt
+    return token.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "↵\n")
+
+
+def shade(tokens: list[str], values) -> list[dict[str, str]]:
+    """Each token with a signed background: red for positive, blue for negative, opacity |value| / max |value|
+    of this vector (vectors differ in scale by orders of magnitude between methods and targets)."""
+    values = np.asarray(values, float)
+    top = float(np.nanmax(np.abs(values))) if values.size and np.isfinite(values).any() else 0.0
+    out = []
+    for token, value in zip(tokens, values):
+        if value and np.isfinite(value):
+            colour = POSITIVE if value > 0 else NEGATIVE
+            style = f"background:rgba({colour},{MAX_OPACITY * abs(value) / top:.3f})"
+        else:
+            style = "background:transparent"
+        out.append({"text": display_token(token), "style": style, "value": f"{value:+.4g}"})
+    return out
+
+
+def heatmap(model: str, rows) -> dict[str, Any]:
+    """One decision: its attribution and those of its most and least aligned own explanation, side by side."""
+    import pandas as pd
+
+    ranked = rows[rows["spearman"].notna()].sort_values(["spearman", "explanation_index"], ascending=[False, True])
+    chosen = [("most aligned explanation", ranked.iloc[0])]
+    if len(ranked) > 1:
+        chosen.append(("least aligned explanation", ranked.iloc[-1]))
+    panels, shown = [], []
+    for label, row in chosen:
+        tokens, decision = list(row["feature_tokens"]), list(row["decision_vector"])
+        # string-aligned features give each explanation its own tokens: then its decision vector is shown too
+        if (tokens, decision) not in shown:
+            shown.append((tokens, decision))
+            panels.append({"role": "decision", "label": "decision", "score": None, "text": None,
+                           "tokens": shade(tokens, decision)})
+        panels.append({"role": "explanation", "label": f"{label} #{int(row['explanation_index'])}",
+                       "score": f"Spearman {row['spearman']:+.3f}", "text": row["explanation"],
+                       "tokens": shade(tokens, row["explanation_vector"])})
+    first = ranked.iloc[0]
+    correct = first.get("correct")  # None (or NaN, NA) where the answer was not graded
+    return {"model": model, "generation_id": first["generation_id"], "decision": first["decision"],
+            "correct": None if pd.isna(correct) else bool(correct), "panels": panels}
+
+
+def token_heatmaps(source: Path, method: str, picks: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The heatmaps of the picked decisions, each model's bank scanned once for its picks."""
+    out = []
+    for model in dict.fromkeys(name for name, _ in picks):
+        ids = [gid for name, gid in picks if name == model]
+        rows = decision_rows(source / model / "bank.parquet", method, ids)
+        out += [heatmap(model, rows[rows["generation_id"] == gid]) for gid in ids]
+    return out
 
 
 def run(params: Params, folder: Path) -> dict[str, Any]:
     source, model_folder, folder = folder / "evaluation", folder, folder / "report"
     method = params.pair.method or params.attribute.methods[0]
-    tables, trust = {}, {}
+    tables, trust, candidates = {}, {}, {}
     for name in params.evaluate.models:
         path = source / name / "bank.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: run `python -m pipelines evaluate` first")
         bank = read_scores(path, columns=REPORT_COLUMNS + [*METRICS, *params.score.metrics])  # never the vectors
         tables[name] = per_decision(bank, method)
+        candidates[name] = scored_decisions(bank, method)
         rows = bank[bank["method"] == method]
         trust[name] = {"warnings": sample_warnings(rows[rows["kind"] == OWN], method),
                        **control_summary(rows, params.score.metrics, params.evaluate.bootstrap_samples, params.seed)}
     metrics = build_metrics(params, tables) | {"trust": trust, "movement": movement(params, model_folder)}
     write_json(folder / "metrics.json", metrics)
     write_plot_table(folder / "alignment.csv", metrics)
-    (folder / "report.html").write_text(render(metrics, figures(tables, metrics)))
+    # the gate's decision is shown before promote takes it: the same rule on the same metrics.json
+    gate = promotion_gate(metrics, params.promote)
+    heatmaps = token_heatmaps(source, method, pick_decisions(candidates, params.seed))
+    (folder / "report.html").write_text(render(metrics, figures(tables, metrics), gate, heatmaps, params.seed))
     return {"report": str(folder / "report.html"), "metrics": str(folder / "metrics.json")}
 
 
@@ -355,29 +561,6 @@ def movement(params: Params, data: Path) -> dict[str, Any]:
         out[name] = {**held_out, **changed, "moved": p is not None and p < params.evaluate.alpha
                      and (changed.get("changed_explanations_changed") or 0) > 0}
     return out
-
-
-def movement_section(moves: dict[str, Any]) -> str:
-    if not moves:
-        return ""
-
-    def value(v) -> str:
-        return "–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    keys = ["pairs", "reward_accuracy", "reward_accuracy_p", "reward_margin", "logp_shift_chosen",
-            "logp_shift_rejected", "kl_per_token", "changed_decisions_changed", "changed_explanations_changed"]
-    rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{value(m.get(k))}</td>" for k in keys)
-                   + f"<td>{'yes' if m['moved'] else '<b>no</b>'}</td></tr>" for name, m in moves.items())
-    header = "".join(f"<th>{k.replace('changed_', '').replace('_', ' ')}</th>" for k in keys)
-    stale = [name for name, m in moves.items() if not m["moved"]]
-    warning = (f"<p style='background:#fee;padding:6px'><b>{', '.join(stale)}: the policy did not measurably move</b> "
-               "(held-out reward accuracy not above chance, or no explanation changed): its comparisons say "
-               "nothing about what training does.</p>" if stale else "")
-    return f"""<h2>Did the fine-tune move the policy?</h2>{warning}
-<p>On the held-out eval pairs, adapter on vs off: DPO's implicit reward accuracy (one-sided binomial p against 0.5),
-mean reward margin, mean log-probability shift of chosen and rejected, per-token KL to the reference on the chosen
-completions; at evaluation, the share of decisions and explanations that differ from the base model's.</p>
-<table><tr><th>model</th>{header}<th>moved</th></tr>{rows}</table>"""
 
 
 def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
