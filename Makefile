@@ -32,13 +32,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: install
 	DAGSTER_HOME=$(CURDIR)/.dagster DO_NOT_TRACK=1 $(PY) -m orchestration.run
 
+# two pytest workers, one OpenMP thread each: two 2-thread torch processes on 2 cores ran 8x slower
+# (benchmarks/backfill.py), while most of the suite is single-threaded Python (DVC, Dagster, subprocesses)
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist load
 
 .PHONY: test-fast lint
 # the unit tests only, in minutes: every test but those marked slow (tests/conftest.py lists them); make test runs all
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist load -m "not slow"
 
 # ruff's checks as pyproject.toml's [tool.ruff] sets them (no formatting)
 lint: install
