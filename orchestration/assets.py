@@ -134,7 +134,7 @@ def shard_step(name: str, shard: tuple[int, int]) -> dg.OpDefinition:
         params, (dataset, model) = load_params(pscb), slice_of(context)
         try:
             summary = run_bank_shard(ASSET_STAGES[name], params, dataset, model, shard)
-        except (ArtifactInvalid, *STAGE_ERRORS) as err:
+        except STAGE_ERRORS as err:
             raise failure(name, slice_dir(params, dataset, model), err) from err
         return dg.Output(None, metadata={k: v for k, v in scalars(summary).items() if k != "path"})
 

@@ -7,6 +7,7 @@ four stages. Everything after the bank (pairs, fine-tunes, evaluation, report, p
 model, over all of that model's slices.
 
     data/<model>/bank/<dataset>/{tasks,generations,attributions}.jsonl, bank.parquet
+    data/<model>/bank/<dataset>/shards/   (bank.shards > 1, under Dagster: pipelines/core/shards.py)
     data/<model>/{pairs,models,evaluation,report}/, train_summary.json, promotion.json
 
 Each stage function below takes the whole params and a partition, and calls the stage module with the
@@ -111,12 +112,10 @@ def _merge_functions() -> dict[str, Callable[..., dict[str, Any]]]:
     return {"generate": generate.merge, "attribute": attribute.merge}
 
 
-SHARDED_STAGES = ("generate", "attribute")  # the bank's compute stages; bank.shards splits each slice of them
-
-
 def shard_lock(params: Params, dataset: str, model: str, stage: str, shard: tuple[int, int]) -> Path:
     """The lock of one shard of one slice's stage: one writer per shard file, while other shards run."""
-    return rejected_dir(params, model) / "bank" / dataset / ".locks" / f"{BY_STAGE[stage].asset}-{shard[0]}-of-{shard[1]}.lock"
+    name = f"{BY_STAGE[stage].asset}-{shard[0]}-of-{shard[1]}.lock"
+    return rejected_dir(params, model) / "bank" / dataset / ".locks" / name
 
 
 def run_bank_shard(stage: str, params: Params, dataset: str, model: str, shard: tuple[int, int]) -> dict[str, Any]:

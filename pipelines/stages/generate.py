@@ -221,7 +221,7 @@ def merge(params: Params, folder: Path, count: int) -> dict[str, Any]:
     parts = [shards.files(folder, "generations", (i, count)) for i in range(count)]
     new = shards.merge(out, order, parts, current)
     summary = {**_summary(out, new, current, restarted, time.perf_counter() - started),
-               "shards": {"count": count, "seconds": [_seconds(summary) for _, summary in parts]}}
+               "shards": {"count": count, "seconds": [_seconds(made) for _, made in parts]}}
     write_json(summary_path, summary)
     return summary
 
