@@ -4,11 +4,14 @@
     python experiments/attribute_shard.py merge --into FILE --order GENERATIONS SHARD_FILE...
 
 On one GPU, a 135M model in float32 leaves the card idle between one process's batches, so the measurement
-study (experiments/gpu/measure.sh) runs several processes per slice. Each shard has its own data_dir holding
-the whole slice's generations (the mismatched controls draw from every task of the slice) and takes every
-N-th missing record from the i-th. Records depend only on (seed, record id, method, role), never on which
+study (experiments/gpu/measure.sh) runs several processes per slice. Shard i of N is the attribute stage's
+own (pipelines/core/shards.py): every N-th record from the i-th, those the slice's attributions.jsonl does
+not hold yet, written to <slice>/shards/attributions-<i>-of-<N>.jsonl. Each shard's data_dir holds the whole
+slice's generations (the mismatched controls draw from every task of the slice); it may be the same folder
+for all shards or one per shard. Records depend only on (seed, record id, method, role), never on which
 process made them, so the merge (deduplicated by id, in the order of generations.jsonl and of the methods)
-is the file one process would have written.
+is the file one process would have written. Inside the pipeline, `bank.shards` does the same through
+Dagster (docs/scaling.md).
 """
 
 from __future__ import annotations

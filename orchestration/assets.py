@@ -19,7 +19,15 @@ from orchestration.executor import COMPUTE_TAGS
 from orchestration.resources import DvcLock, MlflowTracking, PscbParams
 from pipelines.core.artifacts import ARTIFACTS, ArtifactInvalid, PartitionBusy, StageResult
 from pipelines.core.config import Params, ParamsError
-from pipelines.core.partitions import model_dir, model_names, run_bank_stage, run_model_stage, slice_dir
+from pipelines.core.partitions import (
+    merge_bank_shards,
+    model_dir,
+    model_names,
+    run_bank_shard,
+    run_bank_stage,
+    run_model_stage,
+    slice_dir,
+)
 from pipelines.core.records import sha256
 
 # asset -> DVC stage (dvc.yaml): the two graphs are the same graph (tests/test_dvc.py)
@@ -55,6 +63,20 @@ def load_params(pscb: PscbParams) -> Params:
         raise dg.Failure(description=str(err), allow_retries=False) from err
 
 
+STAGE_ERRORS = (PartitionBusy, FileNotFoundError, ValueError, KeyError)  # ArtifactInvalid is a ValueError
+
+
+def failure(name: str, folder: Path, err: Exception) -> dg.Failure:
+    """A stage's user error as its step's failure, with the stage's message. Another run writing the partition
+    is retried (a retry later finds the work done); the rest would fail again."""
+    if isinstance(err, PartitionBusy):
+        return dg.Failure(description=f"{name}: {err}", allow_retries=True)
+    if isinstance(err, ArtifactInvalid):  # an input that failed its suite
+        return dg.Failure(description=str(err), allow_retries=False)
+    return dg.Failure(description=f"{name}: {err}", metadata={"folder": dg.MetadataValue.path(str(folder))},
+                      allow_retries=False)
+
+
 def materialize(name: str, run: Callable[[], StageResult], folder: Path, model: str, params: Params,
                 dvc_stage: str, context, dvc: DvcLock, extra=None, more_checks=()) -> dg.MaterializeResult:
     """Run a stage (which validates its inputs and output itself) and report what it did.
@@ -68,16 +90,13 @@ def materialize(name: str, run: Callable[[], StageResult], folder: Path, model: 
         result = run()
     except ArtifactInvalid as err:
         if err.artifact.asset != name:
-            raise dg.Failure(description=str(err), allow_retries=False) from err
+            raise failure(name, folder, err) from err
         return dg.MaterializeResult(
             metadata={"rejected": str(err), "path": dg.MetadataValue.path(str(paths[0]))},
             data_version=dg.DataVersion(sha256(*paths, names=True)),
             check_results=[checks.quality(name, err.reports)])
-    except PartitionBusy as err:  # another run is writing this partition: a retry later finds it done
-        raise dg.Failure(description=f"{name}: {err}", allow_retries=True) from err
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        raise dg.Failure(description=f"{name}: {err}", metadata={"folder": dg.MetadataValue.path(str(folder))},
-                         allow_retries=False) from err
+    except STAGE_ERRORS as err:
+        raise failure(name, folder, err) from err
     metadata: dict[str, Any] = {"seconds": round(time.perf_counter() - started, 2),
                                 "data_digest": sha256(*paths, names=True)[:16],
                                 "path": dg.MetadataValue.path(str(paths[0])), **scalars(result.summary)}
@@ -90,12 +109,57 @@ def materialize(name: str, run: Callable[[], StageResult], folder: Path, model: 
                                 check_results=results + [c(params, result.summary) for c in more_checks])
 
 
-def materialize_slice(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=None) -> dg.MaterializeResult:
-    params = load_params(pscb)
-    dataset, model = (context.partition_key.keys_by_dimension[d] for d in ("dataset", "model"))
-    return materialize(name, lambda: run_bank_stage(ASSET_STAGES[name], params, dataset, model),
-                       slice_dir(params, dataset, model), model, params, f"{ASSET_STAGES[name]}@{dataset}",
-                       context, dvc, extra)
+def slice_of(context) -> tuple[str, str]:
+    """The (dataset, model) of the slice a step of a bank run works on."""
+    keys = context.partition_key.keys_by_dimension
+    return keys["dataset"], keys["model"]
+
+
+def materialize_slice(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=None, shards: int = 1
+                      ) -> dg.MaterializeResult:
+    """One slice's stage in this step, or with `shards` > 1 the merge of its shards (`shard_step`)."""
+    params, (dataset, model), stage = load_params(pscb), slice_of(context), ASSET_STAGES[name]
+    run = (partial(merge_bank_shards, stage, params, dataset, model, shards) if shards > 1
+           else partial(run_bank_stage, stage, params, dataset, model))
+    return materialize(name, run, slice_dir(params, dataset, model), model, params, f"{stage}@{dataset}", context,
+                       dvc, extra)
+
+
+def shard_step(name: str, shard: tuple[int, int]) -> dg.OpDefinition:
+    """Shard (i, n) of a slice's compute asset as a step of its own, with its own compute slot: the executor
+    runs the n shards side by side (on Dask, on n workers) and a failed or killed shard reruns alone."""
+    @dg.op(name=f"{name}_shard_{shard[0]}_of_{shard[1]}", ins={"after": dg.In(dg.Nothing)}, out=dg.Out(dg.Nothing),
+           pool=COMPUTE_POOL, tags=COMPUTE_TAGS)
+    def run_shard(context, pscb: PscbParams) -> dg.Output:
+        params, (dataset, model) = load_params(pscb), slice_of(context)
+        try:
+            summary = run_bank_shard(ASSET_STAGES[name], params, dataset, model, shard)
+        except STAGE_ERRORS as err:
+            raise failure(name, slice_dir(params, dataset, model), err) from err
+        return dg.Output(None, metadata={k: v for k, v in scalars(summary).items() if k != "path"})
+
+    return run_shard
+
+
+def sharded_slice_asset(name: str, upstream: str, description: str, partitions: dg.PartitionsDefinition,
+                        count: int) -> dg.AssetsDefinition:
+    """A slice's compute asset as `count` shard steps and one merge step, which writes the slice's files
+    (pipelines/core/partitions.py: merge_bank_shards), reports them as the asset and runs its blocking check."""
+    check_output = f"{name}_{checks.QUALITY}"  # graph_asset's name for the check's output
+
+    @dg.op(name=f"{name}_merge", ins={f"shard_{i}": dg.In(dg.Nothing) for i in range(count)},
+           out={"result": dg.Out(dg.Nothing, is_required=False), check_output: dg.Out(dg.Nothing, is_required=False)})
+    def merge(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+        return materialize_slice(context, name, pscb, dvc, shards=count)
+
+    steps = [shard_step(name, (index, count)) for index in range(count)]
+
+    def compose(upstream_asset):
+        return merge(**{f"shard_{index}": step(after=upstream_asset) for index, step in enumerate(steps)})
+
+    return dg.graph_asset(compose, name=name, ins={"upstream_asset": dg.AssetIn(upstream, dagster_type=dg.Nothing)},
+                          partitions_def=partitions, group_name=BANK_GROUP, description=description,
+                          check_specs=[checks.quality_spec(name)], kinds={"python"})
 
 
 def materialize_model(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=None,
@@ -172,15 +236,21 @@ def build_assets(params: Params) -> list[dg.AssetsDefinition]:
     def raw_tasks(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
         return materialize_slice(context, "raw_tasks", pscb, dvc)
 
-    @slice_asset("generations", ["raw_tasks"], "The model's decision and k post-hoc explanations per task.",
-                 compute=True)
-    def generations(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
-        return materialize_slice(context, "generations", pscb, dvc)
+    def compute_slice_asset(name: str, upstream: str, description: str) -> dg.AssetsDefinition:
+        """One step per slice, or with `bank.shards` = n > 1 n shard steps and their merge."""
+        if params.bank.shards > 1:
+            return sharded_slice_asset(name, upstream, description, bank_parts, params.bank.shards)
 
-    @slice_asset("attributions", ["generations"], "Captum-exact token attributions over the question tokens, for "
-                 "the decision and each explanation.", compute=True)
-    def attributions(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
-        return materialize_slice(context, "attributions", pscb, dvc)
+        @slice_asset(name, [upstream], description, compute=True)
+        def compute(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+            return materialize_slice(context, name, pscb, dvc)
+
+        return compute
+
+    generations = compute_slice_asset("generations", "raw_tasks", "The model's decision and k post-hoc "
+                                      "explanations per task.")
+    attributions = compute_slice_asset("attributions", "generations", "Captum-exact token attributions over the "
+                                       "question tokens, for the decision and each explanation.")
 
     @slice_asset("bank", ["attributions", "generations"], "The PSCB: per explanation, the agreement (Spearman, "
                  "cosine, ...) of its attribution with the decision's.")

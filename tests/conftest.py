@@ -149,6 +149,13 @@ SLOW_TESTS = {
         "test_empty_explanation_is_kept_with_a_zero_vector_and_undefined_metrics",
         "test_released_code_modes_run_through_attribute_and_score",
     },
+    "test_shards.py": {  # a slice built by one process and again in shards, and once through Dagster
+        "test_two_shards_merge_to_the_bytes_one_process_writes",
+        "test_a_killed_shard_resumes_only_its_own_missing_records",
+        "test_shards_resume_a_slice_one_process_left_unfinished",
+        "test_a_shard_being_written_is_refused_to_a_second_writer_and_to_the_merge",
+        "test_the_dagster_graph_runs_each_shard_as_a_step_and_materializes_the_merged_slice",
+    },
     "test_provenance.py": {  # generate and attribute runs under changed settings
         "test_a_record_determining_change_restarts_generate_and_a_batch_size_does_not",
         "test_attribute_restarts_for_its_methods_settings_and_for_new_generations_only",

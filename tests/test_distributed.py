@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,3 +160,60 @@ def test_a_run_whose_cluster_is_gone_fails_with_the_command_and_materializes_not
         assert "did not answer" in text and "python -m orchestration.cluster up" in text, text[-3000:]
         assert instance.fetch_materializations(dg.AssetKey("raw_tasks"), limit=10).records == []
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.jsonl"))
+
+
+def kill_a_worker_mid_shard(address: str, data: Path, backfill: subprocess.Popen, timeout_s: float = 600) -> str:
+    """SIGKILL the worker running an attribution shard step once that shard has records on disk; its step key."""
+    deadline = time.monotonic() + timeout_s
+    with connect(address, 10) as client:
+        while time.monotonic() < deadline and backfill.poll() is None:
+            for worker, keys in client.processing().items():
+                for key in map(str, keys):
+                    found = re.search(r"\.attributions\.attributions_shard_(\d+)_of_2\.", key)
+                    records = found and next(data.rglob(f"shards/attributions-{found.group(1)}-of-2.jsonl"), None)
+                    if records and records.stat().st_size > 0:
+                        os.kill(client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
+                        return f"attributions.attributions_shard_{found.group(1)}_of_2"
+            time.sleep(0.05)
+    raise AssertionError("no attribution shard was caught running with records on disk")
+
+
+def test_one_slice_in_two_shards_keeps_two_workers_busy_and_a_killed_shard_resumes(tmp_path, tiny_model_dir):
+    """bank.shards: 2 and one dataset: `make backfill`'s path on 2 workers runs both shards of each compute
+    step at once; a worker killed mid-shard reruns only that shard, which resumes from its own file."""
+    home = project_instance(tmp_path / "dagster_home")
+    params = tiny_params(tmp_path, tiny_model_dir, tasks={"max_per_dataset": 12, "datasets": ["arc_easy"]},
+                         bank={"shards": 2})
+    port = free_port()
+    env = environment(home, params, f"tcp://127.0.0.1:{port}")
+    figures = tmp_path / "backfill.json"
+    with local_cluster(2, port, tmp_path / "cluster", env) as address:
+        backfill = subprocess.Popen([sys.executable, "-m", "orchestration.backfill", "--figures", str(figures),
+                                     "--timeout", "1200"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+        killed = kill_a_worker_mid_shard(address, tmp_path / "data", backfill)
+        output, _ = backfill.communicate(timeout=1500)
+    assert backfill.returncode == 0, output
+    (run,) = json.loads(figures.read_text())["runs"]
+    assert run["status"] == "SUCCESS" and run["partition"] == "arc_easy|tiny"
+    steps = run["step_intervals"]  # two shards at once, never more: the workers' GPU slots
+    assert max(sum(1 for s, e in steps if s <= t < e) for t, _ in steps) == 2, (killed, steps)
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (dagster_run,) = instance.get_runs()
+        records = instance.get_records_for_run(dagster_run.run_id).records
+        events = [r.event_log_entry.dagster_event for r in records if r.event_log_entry.dagster_event]
+        starts = Counter(e.step_key for e in events if e.event_type_value == "STEP_START")
+        assert starts[killed] == 2 and {k: n for k, n in starts.items() if k != killed} == {k: 1 for k in starts
+                                                                                             if k != killed}
+        (resumed,) = [e.event_specific_data.metadata for e in events
+                      if e.event_type_value == "STEP_OUTPUT" and e.step_key == killed]
+        assert resumed["new"].value < resumed["attributions"].value == 6  # its own missing records only
+        for asset in ("generations", "attributions"):
+            (materialized,) = instance.fetch_materializations(dg.AssetKey(asset), limit=10).records
+            assert materialized.partition_key == "arc_easy|tiny"
+    folder = tmp_path / "data" / "tiny" / "bank" / "arc_easy"
+    generations = [json.loads(line)["id"] for line in (folder / "generations.jsonl").read_text().splitlines()]
+    ids = [json.loads(line)["id"] for line in (folder / "attributions.jsonl").read_text().splitlines()]
+    assert ids == [f"{g}/feature_ablation" for g in generations]  # each once, in the one-process order
+    assert not (folder / "shards").exists()

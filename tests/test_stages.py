@@ -106,7 +106,7 @@ def test_sharded_attribute_merges_to_the_file_one_process_writes(params, tmp_pat
         (Path(shard.data_dir) / "generations.jsonl").write_bytes((data / "generations.jsonl").read_bytes())
         # 6 generations x 2 methods, halved
         assert attribute.run(shard, Path(shard.data_dir), shard=(index, 2))["new"] == 6
-        files.append(str(Path(shard.data_dir) / "attributions.jsonl"))
+        files.append(str(Path(shard.data_dir) / "shards" / f"attributions-{index}-of-2.jsonl"))
     attribute.run(params, Path(params.data_dir))
     merged = tmp_path / "merged.jsonl"
     sharding.merge(argparse.Namespace(into=str(merged), order=str(data / "generations.jsonl"), shards=files))

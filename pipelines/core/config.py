@@ -157,6 +157,14 @@ class TasksParams(Section):
         return value
 
 
+class BankParams(Section):
+    shards: int = Field(
+        1, ge=1, description="Shards per bank slice under Dagster: the generate and attribute steps of one slice "
+        "each run as this many shard steps, in parallel on the executor's workers (on Dask one worker each), then "
+        "merge into the slice's files with the bytes one process writes (pipelines/core/shards.py). Never "
+        "changes a record; the CLI and `dvc repro` run a slice in one process.")
+
+
 class GenerateParams(Section):
     n_explanations: int = Field(5, ge=1, description="k explanations per decision.")
     temperature: float = Field(0.7, gt=0)
@@ -342,6 +350,7 @@ class Params(Section):
         (), description="Further models whose banks are built beside `model`'s, each one a partition of the "
         "model dimension, paired, fine-tuned and evaluated the same way.")
     tasks: TasksParams = TasksParams()
+    bank: BankParams = BankParams()
     generate: GenerateParams = GenerateParams()
     attribute: AttributeParams = AttributeParams()
     score: ScoreParams = ScoreParams()

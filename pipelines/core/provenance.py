@@ -120,18 +120,25 @@ def set_aside(paths: Iterable[Path], place: Path) -> None:
             shutil.move(str(path), str(target))
 
 
-def resume_or_restart(out: Path, summary: Path, current: dict[str, Any], place: Path,
-                      legacy_changes: Callable[[list[dict[str, Any]]], list[str]]) -> list[str]:
-    """Leave `out` as a valid resume point for `current`: keep it when it was made under the same fingerprint,
-    else move it and its summary to `place`. Returns the changed keys (empty when kept or absent).
-
-    An output from before fingerprints (records, no fingerprint in its summary) is kept when
-    `legacy_changes(records)` finds nothing: its records' own settings match this run's."""
+def made_otherwise(out: Path, summary: Path, current: dict[str, Any],
+                   legacy_changes: Callable[[list[dict[str, Any]]], list[str]]) -> list[str]:
+    """The keys in which `out` was made under other settings than `current`: empty when it was made under the
+    same fingerprint or holds no complete record. An output from before fingerprints (records, no fingerprint
+    in its summary) counts as the same when `legacy_changes(records)` finds nothing: its records' own
+    settings match this run's."""
     if not out.exists() or out.stat().st_size == len(torn_tail(out)):
         return []  # no complete record: nothing to keep or to set aside
     recorded = recorded_fingerprint(summary)
-    changed = [key.removeprefix("params.") for key in changed_keys(recorded, current)] if recorded is not None \
+    return [key.removeprefix("params.") for key in changed_keys(recorded, current)] if recorded is not None \
         else legacy_changes(list(read_records(out)))  # only outputs from before fingerprints are read whole
+
+
+def resume_or_restart(out: Path, summary: Path, current: dict[str, Any], place: Path,
+                      legacy_changes: Callable[[list[dict[str, Any]]], list[str]]) -> list[str]:
+    """Leave `out` as a valid resume point for `current`: keep it when it was made under the same fingerprint
+    (`made_otherwise`), else move it and its summary to `place`. Returns the changed keys (empty when kept or
+    absent)."""
+    changed = made_otherwise(out, summary, current, legacy_changes)
     if changed:
         set_aside([out, summary], place)
         log.warning("%s was made with other settings (%s): starting it afresh; the old one is in %s",

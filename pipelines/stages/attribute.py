@@ -16,6 +16,7 @@ explanations of one mask from one forward over the perturbed explanation prompt.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from pipelines.attribution.engine import (
     record_seeds,
 )
 from pipelines.attribution.layout import record_sequences
-from pipelines.core import provenance
+from pipelines.core import provenance, shards
 from pipelines.core.config import AttributeParams, Params
 from pipelines.core.prompts import decision_conversation, explanation_conversation
 from pipelines.core.records import (
@@ -98,32 +99,32 @@ def attribute_generation(model, tokenizer, generation: Generation, method: str, 
 
 def run(params: Params, folder: Path, fail_after: int | None = None, shard: tuple[int, int] = (0, 1)
         ) -> dict[str, Any]:
-    """Attribute every (generation, method) not yet in the output. `fail_after` exists for crash tests.
-    `shard=(i, n)` takes every n-th missing record from the i-th, so that n processes can share one slice,
-    each writing its own folder (which must hold the whole slice's generations: controls draw from it)."""
+    """Attribute every (generation, method) not yet in attributions.jsonl. `fail_after` exists for crash tests.
+    `shard=(i, n)` attributes shard i of n instead (pipelines/core/shards.py: every n-th record from the i-th)
+    into its own file, and `merge` then appends the shards to attributions.jsonl: the bytes one process
+    writes. Every shard reads the whole slice's generations (controls draw from all of them)."""
     from tqdm import tqdm
 
     from pipelines.core.models import load_model
 
-    from pipelines.core.models import model_fingerprint
-
-    data = folder
-    source, out, summary_path = data / "generations.jsonl", data / "attributions.jsonl", data / "attributions_summary.json"
+    source = folder / "generations.jsonl"
+    out, summary_path = shards.files(folder, "attributions", shard)
     generations = [Generation.from_dict(row) for row in read_stage_input(source, "generate")]
-    methods = params.attribute.methods  # their order is the records' order
-    current = provenance.fingerprint({"attribute": {"methods": list(methods), **{
-                                          m: provenance.method_settings(params.attribute, params.seed, m) for m in methods}},
-                                      "model": model_fingerprint(params.model)}, {"generations.jsonl": source})
-    restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, folder),
+    current = _fingerprint(params, source)
+    restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, out.parent),
                                              lambda rows: legacy_changes(rows, params))
     done = existing_ids(out)
-    todo = [(g, m) for g in generations for m in params.attribute.methods if f"{g.id}/{m}" not in done]
-    todo = todo[shard[0]::shard[1]]
-    started, timings = time.perf_counter(), {m: [] for m in params.attribute.methods}
+    if shard[1] > 1:
+        done |= shards.done_in_slice(folder / "attributions.jsonl", folder / "attributions_summary.json", current,
+                                     lambda rows: legacy_changes(rows, params))
+    methods = params.attribute.methods  # their order is the records' order
+    mine = shards.members([(g, m) for g in generations for m in methods], shard)
+    todo = [(g, m) for g, m in mine if f"{g.id}/{m}" not in done]
+    started, timings = time.perf_counter(), {m: [] for m in methods}
     if todo:
         provenance.claim(summary_path, current)
         model, tokenizer, _ = load_model(params.model)
-        with Appender(out) as sink, tqdm(total=len(done) + len(todo), initial=len(done),
+        with Appender(out) as sink, tqdm(total=len(mine), initial=len(mine) - len(todo),
                                          desc="attribute", unit="record") as bar:
             for count, (generation, method) in enumerate(todo):
                 if fail_after is not None and count == fail_after:
@@ -133,14 +134,54 @@ def run(params: Params, folder: Path, fail_after: int | None = None, shard: tupl
                                                 params.seed, generations))
                 timings[method].append(time.perf_counter() - began)
                 bar.update()
-    rows = list(read_records(out))
-    summary = {"path": str(out), "attributions": len(rows), "new": len(todo), "fingerprint": current,
-               "restarted_for": restarted,
-               "seconds": round(time.perf_counter() - started, 2),
+    summary = {**_summary(out, len(todo), current, restarted, time.perf_counter() - started),
                # timing stays out of the records, so that a rerun reproduces them byte for byte
                "seconds_per_new_record": {m: _mean(t) for m, t in timings.items()}}
     write_json(summary_path, summary)
     return summary
+
+
+def merge(params: Params, folder: Path, count: int) -> dict[str, Any]:
+    """Append the attributions of shards 0..count-1 that attributions.jsonl lacks, in the order of the
+    generations and of `attribute.methods`."""
+    source, out, summary_path = (folder / "generations.jsonl", folder / "attributions.jsonl",
+                                 folder / "attributions_summary.json")
+    order = [f"{row['id']}/{m}" for row in read_stage_input(source, "generate") for m in params.attribute.methods]
+    current = _fingerprint(params, source)
+    restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, folder),
+                                             lambda rows: legacy_changes(rows, params))
+    started = time.perf_counter()
+    provenance.claim(summary_path, current)
+    parts = [shards.files(folder, "attributions", (i, count)) for i in range(count)]
+    new = shards.merge(out, order, parts, current)
+    made = [json.loads(summary.read_text()) if summary.exists() else {} for _, summary in parts]
+    summary = {**_summary(out, new, current, restarted, time.perf_counter() - started),
+               "seconds_per_new_record": {m: _weighted(made, m) for m in params.attribute.methods},
+               "shards": {"count": count, "seconds": [shard.get("seconds") for shard in made]}}
+    write_json(summary_path, summary)
+    return summary
+
+
+def _fingerprint(params: Params, source: Path) -> dict[str, Any]:
+    from pipelines.core.models import model_fingerprint
+
+    methods = params.attribute.methods
+    return provenance.fingerprint({"attribute": {"methods": list(methods), **{
+                                       m: provenance.method_settings(params.attribute, params.seed, m) for m in methods}},
+                                   "model": model_fingerprint(params.model)}, {"generations.jsonl": source})
+
+
+def _summary(out: Path, new: int, current: dict[str, Any], restarted: list[str], seconds: float) -> dict[str, Any]:
+    return {"path": str(out), "attributions": sum(1 for _ in read_records(out)), "new": new, "fingerprint": current,
+            "restarted_for": restarted, "seconds": round(seconds, 2)}
+
+
+def _weighted(shards_made: list[dict[str, Any]], method: str) -> float | None:
+    """The mean seconds per new record of `method` over the shards, each weighted by its new records."""
+    pairs = [(s["seconds_per_new_record"][method], s["new"]) for s in shards_made
+             if (s.get("seconds_per_new_record") or {}).get(method) is not None and s.get("new")]
+    total = sum(n for _, n in pairs)
+    return round(sum(t * n for t, n in pairs) / total, 3) if total else None
 
 
 def legacy_changes(rows: list[dict[str, Any]], params: Params) -> list[str]:

@@ -9,13 +9,14 @@ a resumed run reproduces what an uninterrupted one would have written.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from pipelines.attribution.layout import chat_ids
-from pipelines.core import provenance
+from pipelines.core import provenance, shards
 from pipelines.core.config import GenerateParams, Params
 from pipelines.core.prompts import (
     decision_conversation,
@@ -171,47 +172,84 @@ def _template_digest(tokenizer) -> str:
     return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()
 
 
-def run(params: Params, folder: Path) -> dict[str, Any]:
+def run(params: Params, folder: Path, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """Generate every task of the slice not yet in generations.jsonl. `shard=(i, n)` generates shard i of n
+    instead (pipelines/core/shards.py: every n-th chunk of `tasks_per_chunk` tasks) into its own file, and
+    `merge` then appends the shards to generations.jsonl: the bytes one process writes."""
     from tqdm import tqdm
 
     from pipelines.core.models import load_model
 
-    from pipelines.core.models import model_fingerprint
-
-    data = folder
-    source, out, summary_path = data / "tasks.jsonl", data / "generations.jsonl", data / "generations_summary.json"
+    source = folder / "tasks.jsonl"
+    out, summary_path = shards.files(folder, "generations", shard)
     tasks = [Task.from_dict(row) for row in read_stage_input(source, "tasks")]
-    current = provenance.fingerprint({"generate": provenance.record_settings("generate", params.generate, params.seed),
-                                      "model": model_fingerprint(params.model)}, {"tasks.jsonl": source})
-    restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, folder),
+    current = _fingerprint(params, source)
+    restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, out.parent),
                                              lambda rows: legacy_changes(rows, params, current))
     done = existing_ids(out)
-    todo = [t for t in tasks if t.id not in done]
+    if shard[1] > 1:
+        done |= shards.done_in_slice(folder / "generations.jsonl", folder / "generations_summary.json", current,
+                                     lambda rows: legacy_changes(rows, params, current))
+    mine = shards.members(tasks, shard, params.generate.tasks_per_chunk)
+    todo = [t for t in mine if t.id not in done]
     started = time.perf_counter()
     if todo:
         provenance.claim(summary_path, current)
         model, tokenizer, identity = load_model(params.model)
         size = params.generate.tasks_per_chunk
-        with Appender(out) as sink, tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="generate",
+        with Appender(out) as sink, tqdm(total=len(mine), initial=len(mine) - len(todo), desc="generate",
                                          unit="task") as bar:
             for start in range(0, len(todo), size):
                 for record in generate(model, tokenizer, todo[start:start + size], params.generate,
                                        params.seed, identity):
                     sink.write(record)
                 bar.update(len(todo[start:start + size]))
+    summary = _summary(out, len(todo), current, restarted, time.perf_counter() - started)
+    write_json(summary_path, summary)
+    return summary
+
+
+def merge(params: Params, folder: Path, count: int) -> dict[str, Any]:
+    """Append the generations of shards 0..count-1 that generations.jsonl lacks, in task order."""
+    source, out, summary_path = folder / "tasks.jsonl", folder / "generations.jsonl", folder / "generations_summary.json"
+    order = [row["id"] for row in read_stage_input(source, "tasks")]
+    current = _fingerprint(params, source)
+    restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, folder),
+                                             lambda rows: legacy_changes(rows, params, current))
+    started = time.perf_counter()
+    provenance.claim(summary_path, current)
+    parts = [shards.files(folder, "generations", (i, count)) for i in range(count)]
+    new = shards.merge(out, order, parts, current)
+    summary = {**_summary(out, new, current, restarted, time.perf_counter() - started),
+               "shards": {"count": count, "seconds": [_seconds(made) for _, made in parts]}}
+    write_json(summary_path, summary)
+    return summary
+
+
+def _fingerprint(params: Params, source: Path) -> dict[str, Any]:
+    from pipelines.core.models import model_fingerprint
+
+    return provenance.fingerprint({"generate": provenance.record_settings("generate", params.generate, params.seed),
+                                   "model": model_fingerprint(params.model)}, {"tasks.jsonl": source})
+
+
+def _summary(out: Path, new: int, current: dict[str, Any], restarted: list[str], seconds: float) -> dict[str, Any]:
     rows = list(read_records(out))
     graded = [r for r in rows if r["correct"] is not None]
-    summary = {
-        "path": str(out), "generations": len(rows), "new": len(todo), "fingerprint": current,
+    return {
+        "path": str(out), "generations": len(rows), "new": new, "fingerprint": current,
         "restarted_for": restarted,
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(seconds, 2),
         "accuracy": sum(r["correct"] for r in graded) / len(graded) if graded else None,
         "unparseable": sum(r["parse_status"] == "unparseable" for r in rows),
         "empty_explanations": sum(not e for r in rows for e in r["explanations"]),
         "counterfactuals": _counterfactual_counts([r.get("counterfactual") for r in rows]),
     }
-    write_json(summary_path, summary)
-    return summary
+
+
+def _seconds(summary: Path) -> float | None:
+    """A shard's own time, from its summary (None when it made nothing)."""
+    return json.loads(summary.read_text()).get("seconds") if summary.exists() else None
 
 
 def legacy_changes(rows: list[dict[str, Any]], params: Params, current: dict[str, Any]) -> list[str]:
