@@ -146,3 +146,17 @@ def test_comparisons_holm_over_the_family_and_correct_vs_incorrect_by_decision()
 def test_gate_needs_the_comparison():
     decision = promote.gate({"models": {}}, PromoteParams())
     assert not decision.passed and "dpo-base" in decision.reasons[0]
+
+
+def test_the_reports_wilson_interval_is_the_score_interval():
+    """Against the closed form: centre (p + z^2/2n) / (1 + z^2/n), half-width z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n)."""
+    from scipy.stats import norm
+
+    from pipelines.stages.report import wilson
+
+    z = norm.ppf(0.975)
+    for successes, n in ((0, 5), (3, 10), (47, 50), (50, 50)):
+        p, scale = successes / n, 1 + z * z / n
+        centre, half = (p + z * z / (2 * n)) / scale, z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale
+        assert wilson(successes, n) == pytest.approx((centre - half, centre + half), abs=1e-4)
+    assert wilson(0, 0) is None

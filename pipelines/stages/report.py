@@ -59,13 +59,13 @@ MAX_OPACITY = 0.85  # the strongest token stays readable under its colour
 
 
 def wilson(successes: int, n: int) -> tuple[float, float] | None:
+    """The 95% Wilson score interval of a proportion (statsmodels'), None without trials."""
+    from statsmodels.stats.proportion import proportion_confint
+
     if n == 0:
         return None
-    z, p = 1.959964, successes / n
-    scale = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / scale
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale
-    return round(centre - half, 4), round(centre + half, 4)
+    low, high = proportion_confint(successes, n, alpha=0.05, method="wilson")
+    return round(float(low), 4), round(float(high), 4)
 
 
 def per_decision(bank, method: str):
