@@ -33,10 +33,11 @@ run: install
 	DAGSTER_HOME=$(CURDIR)/.dagster DO_NOT_TRACK=1 $(PY) -m orchestration.run
 
 # two pytest workers, one OpenMP thread each: two 2-thread torch processes on 2 cores ran 8x slower
-# (benchmarks/backfill.py), while most of the suite is single-threaded Python (DVC, Dagster, subprocesses)
+# (benchmarks/backfill.py), while most of the suite is single-threaded Python (DVC, Dagster, subprocesses);
+# two tests at a time per worker, so the longest tests (tests/conftest.py LONGEST_FIRST) start on both workers
 TEST_WORKERS ?= 2
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist load
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
 .PHONY: test-fast lint
 # the unit tests only, in minutes: every test but those marked slow (tests/conftest.py lists them); make test runs all
