@@ -125,8 +125,8 @@ def build_sequences(tokenizer, task, explanation_lengths: list[int]):
 
 
 def single_cases(model, tokenizer, counter, cases, methods, params, stock_token_limit, peak) -> list[dict]:
-    from pipelines.attribution.catalog import PERTURBATION_METHODS
     from pipelines.attribution.engine import attribute_sequence
+    from pipelines.core.catalog import PERTURBATION_METHODS
 
     rows = []
     for method in methods:
@@ -164,8 +164,8 @@ def record_cases(model, tokenizer, counter, record, methods, params, peak) -> li
     """Whole records: ours with independent masks (the default: the decision's own samples, 12; the
     explanations', 11), ours with one shared set, stock Captum per target with the same seeds, and the
     released code's first-position approximation."""
-    from pipelines.attribution.catalog import PERTURBATION_METHODS, SAMPLING_METHODS
     from pipelines.attribution.engine import attribute_record, attribute_sequence
+    from pipelines.core.catalog import PERTURBATION_METHODS, SAMPLING_METHODS
 
     rows = []
     for method in [m for m in methods if m in PERTURBATION_METHODS]:

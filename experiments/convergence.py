@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.analysis.controls import bootstrap_ci  # noqa: E402
 from pipelines.analysis.metrics import spearman  # noqa: E402
-from pipelines.attribution.catalog import SAMPLING_METHODS  # noqa: E402
+from pipelines.core.catalog import SAMPLING_METHODS  # noqa: E402
 from pipelines.core.config import load_params  # noqa: E402
 from pipelines.core.partitions import model_names, slice_dir  # noqa: E402
 from pipelines.core.records import Appender, Generation, read_records  # noqa: E402

@@ -21,9 +21,9 @@ from captum.attr import (
     TextTokenInput,
 )
 
-from pipelines.attribution.catalog import METHODS as TABLE
 from pipelines.attribution.engine import attribute_sequence
 from pipelines.attribution.layout import Sequence, render
+from pipelines.core.catalog import METHODS as TABLE
 from pipelines.core.config import AttributeParams
 from pipelines.core.prompts import decision_conversation
 from pipelines.core.records import Choice, Task

@@ -20,9 +20,7 @@ from typing import Any
 
 import numpy as np
 
-OWN, MISMATCHED, COUNTERFACTUAL = "own", "mismatched", "counterfactual"
-KINDS = (OWN, MISMATCHED, COUNTERFACTUAL)
-
+from pipelines.core.vocabulary import COUNTERFACTUAL, MISMATCHED, OWN
 
 # resample indices drawn (and values gathered) at once by a bootstrap: blocks of rows of the samples x decisions
 # draw, so 2,000 resamples of 100,000 decisions never hold 200 million indices. The generator's stream is

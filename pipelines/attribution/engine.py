@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipelines.attribution.catalog import METHODS, SAMPLING_METHODS
 from pipelines.attribution.layout import Sequence
 from pipelines.attribution.methods import attribute
 from pipelines.attribution.scorer import RecordScorer, TargetScorer, rows_within_budget
+from pipelines.core.catalog import METHODS, SAMPLING_METHODS
 from pipelines.core.seeds import derive_seed
 
 if TYPE_CHECKING:

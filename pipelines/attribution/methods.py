@@ -1,4 +1,4 @@
-"""Every attribution method behind one signature (the methods themselves: pipelines/attribution/catalog.py).
+"""Every attribution method behind one signature (the methods themselves: pipelines/core/catalog.py).
 
     attribute("lime", forward, params, seed) -> (F,) float64 numpy array
 
@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from pipelines.attribution.catalog import METHODS
+from pipelines.core.catalog import METHODS
 
 if TYPE_CHECKING:
     import numpy as np

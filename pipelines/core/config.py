@@ -23,11 +23,9 @@ from pydantic import (
     model_validator,
 )
 
-# the attribution methods' one table (name, Captum algorithm, family, sampling) is the engine's own
-from pipelines.attribution.catalog import ATTRIBUTION_METHODS, GRADIENT_METHODS
-
-DATASETS = ("ecqa", "arc_easy", "arc_challenge", "codah", "commonsense_qa", "synthetic")
-METRICS = ("spearman", "cosine", "l1_dot", "kendall", "top_k_overlap")
+# the attribution methods' one table (name, Captum algorithm, family, sampling) and the shared words
+from pipelines.core.catalog import ATTRIBUTION_METHODS, GRADIENT_METHODS
+from pipelines.core.vocabulary import DATASETS, METRICS
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 KNOWN_ANSWER_MODEL = "synthetic:known-answer"  # built here from the `synthetic` section (pipelines/synthetic/)

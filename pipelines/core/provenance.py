@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pipelines.attribution.catalog import METHODS
+from pipelines.core.catalog import METHODS
 from pipelines.core.config import AttributeParams, GenerateParams, Params, TrainParams
 from pipelines.core.records import read_records, sha256, torn_tail
 

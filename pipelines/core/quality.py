@@ -31,18 +31,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from pipelines.analysis.controls import COUNTERFACTUAL, MISMATCHED
-from pipelines.attribution.catalog import ATTRIBUTION_METHODS
-from pipelines.core.config import DATASETS, METRICS
+from pipelines.core.catalog import ATTRIBUTION_METHODS
 from pipelines.core.provenance import mismatched_settings
 from pipelines.core.records import Attribution, Generation, Task
-from pipelines.stages.pair import PAIR_SPLITS
+from pipelines.core.vocabulary import COUNTERFACTUAL, DATASETS, METRICS, MISMATCHED, OWN, PAIR_SPLITS, SPLITS
 
 if TYPE_CHECKING:
     import pandas as pd
 
 ARTIFACTS = ("tasks", "generations", "attributions", "bank", "pairs", "training_log", "eval_metrics")
-SPLITS = ("train", "eval", "test")
 PARSE_STATUSES = ("letter", "text", "unparseable")
 EXPECTED = ("dataset", "n_explanations", "min_margin", "keep_ties", "min_rows", "settings")
 SETTINGS_RULE = "settings_match_params"
@@ -269,7 +266,7 @@ def _expectations(artifact: str, table: pd.DataFrame, expected: dict[str, Any]) 
                                 "decision_vector", "explanation_vector"),
                 *not_null("generation_id", "task_id"), among("method", ATTRIBUTION_METHODS),
                 among("split", SPLITS), among("correct", [True, False]), bounded("explanation_index", 0),
-                among("kind", CONTROL_KINDS + ("own",)), *scores,
+                among("kind", CONTROL_KINDS + (OWN,)), *scores,
                 *rules()]
     if artifact == "pairs":
         # the released code's keep_ties keeps equal scores and identical texts

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.attribution.catalog import METHODS
+from pipelines.core.catalog import METHODS
 from pipelines.attribution.engine import (
     attribute_record,
     baseline_token_id,
@@ -42,6 +42,7 @@ from pipelines.core.records import (
     write_json,
 )
 from pipelines.core.seeds import derive_seed
+from pipelines.core.vocabulary import COUNTERFACTUAL, MISMATCHED
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,14 @@ def control_targets(generation: Generation, others: list[Generation], n_null: in
     controls = []
     counterfactual = generation.counterfactual or {}
     if counterfactual.get("label"):
-        controls.append({"kind": "counterfactual", "source": counterfactual["label"],
+        controls.append({"kind": COUNTERFACTUAL, "source": counterfactual["label"],
                          "text": counterfactual["explanation"], "ids": counterfactual["explanation_ids"]})
     candidates = sorted((o for o in others if o.id != generation.id and any(o.explanations)),
                         key=lambda o: derive_seed(seed, generation.id, o.id, "null"))
     for other in candidates[:n_null]:
         written = [i for i, text in enumerate(other.explanations) if text]
         index = written[derive_seed(seed, generation.id, other.id, "null-index") % len(written)]
-        controls.append({"kind": "mismatched", "source": f"{other.id}/{index}", "text": other.explanations[index],
+        controls.append({"kind": MISMATCHED, "source": f"{other.id}/{index}", "text": other.explanations[index],
                          "ids": other.explanation_ids[index]})
     return controls
 

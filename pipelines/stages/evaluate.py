@@ -16,11 +16,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines.analysis.controls import OWN
 from pipelines.analysis.movement import changed_outputs
 from pipelines.core.config import Params, evaluation_datasets
 from pipelines.core.records import Task, read_records, write_json, write_records
 from pipelines.core.tracking import run_exists, use_experiment
+from pipelines.core.vocabulary import OWN, TEST
 from pipelines.stages import attribute, generate, score
 from pipelines.stages.tasks import build_tasks, load_rows
 
@@ -32,7 +32,7 @@ def evaluation_tasks(params: Params) -> list[Task]:
     for dataset in evaluation_datasets(params):
         tasks, _ = build_tasks(dataset, *load_rows(dataset, everything, params.synthetic, params.seed),
                                everything, params.seed)
-        chosen.extend([t for t in tasks if t.split == "test"][: params.evaluate.tasks_per_dataset])
+        chosen.extend([t for t in tasks if t.split == TEST][: params.evaluate.tasks_per_dataset])
     return chosen
 
 

@@ -22,12 +22,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipelines.analysis.controls import OWN
 from pipelines.core.config import PairParams, Params
 from pipelines.core.prompts import explanation_conversation
 from pipelines.core.records import Task, read_records, sha256, write_json
-
-PAIR_SPLITS = ("train", "eval")
+from pipelines.core.vocabulary import EVAL, OWN, PAIR_SPLITS, TRAIN
 
 
 def choose(scores: list[tuple[int, float, str]], params: PairParams) -> tuple[int, int] | str:
@@ -186,7 +184,7 @@ def run(params: Params, folder: Path, slices: list[Path] | None = None) -> dict[
             writer.write(pair)
             margins.append(pair["margin"])
             tasks[pair["split"]].add(pair["task_id"])
-        assert not tasks["train"] & tasks["eval"], "a task in two splits"
+        assert not tasks[TRAIN] & tasks[EVAL], "a task in two splits"
     except BaseException:
         writer.close(keep=False)
         raise
@@ -197,7 +195,7 @@ def run(params: Params, folder: Path, slices: list[Path] | None = None) -> dict[
         summary[split] = {"pairs": writer.counts[split], "path": str(path), "sha256": sha256(path)}
     summary["mean_margin"] = sum(margins) / len(margins) if margins else None
     write_json(data / "pairs_summary.json", summary)
-    if not summary["train"]["pairs"]:
+    if not summary[TRAIN]["pairs"]:
         raise ValueError(f"no usable training pairs ({dict(dropped)}): build the bank on more train-split tasks "
                          "or with more explanations, or relax pair.min_margin / pair.keep_ties")
     return summary

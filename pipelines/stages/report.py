@@ -30,7 +30,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from pipelines.analysis.controls import OWN, bootstrap_ci, control_summary
+from pipelines.analysis.controls import bootstrap_ci, control_summary
 from pipelines.analysis.gate import gate as promotion_rule
 from pipelines.analysis.stats import (
     decisions_for_power,
@@ -42,6 +42,7 @@ from pipelines.analysis.stats import (
 )
 from pipelines.core.config import Params, PromoteParams, evaluation_datasets
 from pipelines.core.records import write_json
+from pipelines.core.vocabulary import OWN
 from pipelines.stages.score import read_scores, sample_warnings
 
 METRICS = ("spearman", "cosine")

@@ -28,11 +28,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pipelines.analysis.controls import COUNTERFACTUAL, OWN, control_summary
+from pipelines.analysis.controls import control_summary
 from pipelines.analysis.metrics import align_by_string, metric_rows
-from pipelines.attribution.catalog import SAMPLING_METHODS
+from pipelines.core.catalog import SAMPLING_METHODS
 from pipelines.core.config import Params
 from pipelines.core.records import read_records, write_json
+from pipelines.core.vocabulary import COUNTERFACTUAL, OWN
 from pipelines.synthetic.world import SYNTHETIC_DATASET, label_explanation
 
 # Perturbation samples per feature below which the score summary warns. The convergence study

@@ -22,6 +22,7 @@ from typing import Any
 
 from pipelines.core.config import Params, SyntheticParams, TasksParams
 from pipelines.core.records import Choice, Task, sha256, write_json, write_records
+from pipelines.core.vocabulary import EVAL, SPLITS, TEST, TRAIN
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def split_names(n: int, fractions: tuple[float, float, float], seed: int) -> lis
     n_eval = round(fractions[1] * n)
     names = [""] * n
     for rank, index in enumerate(order):
-        names[index] = "train" if rank < n_train else "eval" if rank < n_train + n_eval else "test"
+        names[index] = TRAIN if rank < n_train else EVAL if rank < n_train + n_eval else TEST
     return names
 
 
@@ -260,7 +261,7 @@ def keep_spread(split_of: list[str], order: list[int], limit: int, fractions: tu
     counts = [int(x) for x in exact]
     for i in sorted(range(3), key=lambda i: exact[i] - counts[i], reverse=True)[: limit - sum(counts)]:
         counts[i] += 1
-    quota = dict(zip(("train", "eval", "test"), counts))
+    quota = dict(zip(SPLITS, counts))
     kept = []
     for index in order:
         if quota[split_of[index]] > 0:
@@ -300,7 +301,7 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
         tasks, skipped = build_tasks(dataset, rows, origin, params.tasks, params.seed)
         for message in skipped[:5]:
             log.warning("skipped %s", message)
-        counts = {name: sum(t.split == name for t in tasks) for name in ("train", "eval", "test")}
+        counts = {name: sum(t.split == name for t in tasks) for name in SPLITS}
         summary["datasets"][dataset] = {"rows": len(rows), "tasks": len(tasks), "skipped_rows": len(skipped),
                                         "splits": counts, "origin": origin}
         all_tasks.extend(tasks)

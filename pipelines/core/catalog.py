@@ -3,8 +3,9 @@ score, the suites and the benchmark read.
 
 Each entry names the Captum algorithm the method runs and equals (tests/test_attribute_vs_captum.py), its
 family, and whether it draws seeded perturbation samples. The implementations, one per entry behind one
-signature, are in pipelines/attribution/methods.py. This table is kept apart from them so that the params
-schema (and through it every stage's DVC deps) depends on which methods exist, not on how they compute.
+signature, are in pipelines/attribution/methods.py. This table is kept apart from them, on the ground floor,
+so that the params schema (and through it every stage's DVC deps) depends on which methods exist, not on
+how they compute, and so that core/ never imports the engine.
 """
 
 from __future__ import annotations
