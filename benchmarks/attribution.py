@@ -266,7 +266,7 @@ def main() -> None:
     from results_files import write_results
 
     from pipelines.core.config import AttributeParams, ModelParams, TasksParams
-    from pipelines.core.models import load_model
+    from pipelines.stages.models import load_model
     from pipelines.stages.tasks import build_tasks, load_rows
 
     model_params = ModelParams(device=args.device, **({"id": args.model} if args.model else {}))

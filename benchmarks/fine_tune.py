@@ -92,7 +92,7 @@ def main() -> None:
     from results_files import write_results
 
     from pipelines.core.config import ModelParams
-    from pipelines.core.models import load_model
+    from pipelines.stages.models import load_model
 
     model = {"device": args.device, **({"id": args.model} if args.model else {})}
     identity = load_model(ModelParams(**model))[2]  # converts the embedded model once, before any timing

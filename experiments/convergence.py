@@ -74,8 +74,8 @@ def run_study(args) -> None:
         record_seeds,
     )
     from pipelines.attribution.layout import record_sequences
-    from pipelines.core.models import load_model
     from pipelines.core.prompts import decision_conversation, explanation_conversation
+    from pipelines.stages.models import load_model
 
     params = load_params(args.params)
     out = Path(args.out)

@@ -28,7 +28,7 @@ def isolated_mlflow(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    from pipelines.core.models import convert_embedded
+    from pipelines.stages.models import convert_embedded
 
     return convert_embedded("~/.cache/pscb")[0]
 
@@ -62,7 +62,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
     from pipelines.core.config import ModelParams
-    from pipelines.core.models import load_model
+    from pipelines.stages.models import load_model
 
     model, _, _ = load_model(ModelParams(id=str(tiny_model_dir), device="cpu"))
     return model
@@ -71,7 +71,7 @@ def tiny_model(tiny_model_dir):
 @pytest.fixture(scope="session")
 def smollm2(smollm2_dir):
     from pipelines.core.config import ModelParams
-    from pipelines.core.models import load_model
+    from pipelines.stages.models import load_model
 
     model, _, _ = load_model(ModelParams(device="cpu"))
     return model

@@ -5,7 +5,7 @@ import pytest
 
 from pipelines.analysis.movement import changed_outputs, pair_tokens, policy_movement
 from pipelines.core.config import TrainParams
-from pipelines.core.models import load_model
+from pipelines.stages.models import load_model
 from pipelines.stages.train import train
 
 WORDS = ("light heat water plant animal rock energy force gravity cell seed rain wind soil metal sound "

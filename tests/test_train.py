@@ -128,7 +128,7 @@ def test_two_processes_make_one_run_and_one_adapter_with_the_single_process_curv
 
 
 def test_each_rank_of_a_data_parallel_launch_loads_on_its_own_gpu(monkeypatch):
-    from pipelines.core.models import resolve_device
+    from pipelines.stages.models import resolve_device
 
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert resolve_device("cuda") == "cuda" and resolve_device("cpu") == "cpu"

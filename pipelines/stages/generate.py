@@ -178,7 +178,7 @@ def run(params: Params, folder: Path, shard: tuple[int, int] = (0, 1)) -> dict[s
     `merge` then appends the shards to generations.jsonl: the bytes one process writes."""
     from tqdm import tqdm
 
-    from pipelines.core.models import load_model
+    from pipelines.stages.models import load_model
 
     source = folder / "tasks.jsonl"
     out, summary_path = shards.files(folder, "generations", shard)
@@ -227,7 +227,7 @@ def merge(params: Params, folder: Path, count: int) -> dict[str, Any]:
 
 
 def _fingerprint(params: Params, source: Path) -> dict[str, Any]:
-    from pipelines.core.models import model_fingerprint
+    from pipelines.stages.models import model_fingerprint
 
     return provenance.fingerprint({"generate": provenance.record_settings("generate", params.generate, params.seed),
                                    "model": model_fingerprint(params.model)}, {"tasks.jsonl": source})

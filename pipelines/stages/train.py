@@ -120,7 +120,7 @@ def fit(params: Params, folder: Path, algorithm: str, datasets_home: Path | None
     """One fine-tune, alone or as one rank of a data-parallel launch; its summary (None on ranks > 0)."""
     import mlflow
 
-    from pipelines.core.models import load_model
+    from pipelines.stages.models import load_model
 
     train_pairs, eval_pairs = read_pairs(folder)
     main = int(os.environ.get("RANK", "0")) == 0
@@ -187,7 +187,7 @@ def launch(params: Params, folder: Path, algorithm: str) -> dict[str, Any]:
 def training_fingerprint(params: Params, folder: Path, algorithm: str) -> dict[str, Any]:
     """What a fine-tune's checkpoints and adapter depend on: its algorithm, the record-determining train
     params, the seed, the base model and the pairs."""
-    from pipelines.core.models import model_fingerprint
+    from pipelines.stages.models import model_fingerprint
 
     pairs = {f"pairs/{name}": folder / "pairs" / name for name in ("train.jsonl", "eval.jsonl")
              if (folder / "pairs" / name).exists()}

