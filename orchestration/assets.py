@@ -1,4 +1,4 @@
-"""The pipeline's artifacts as Dagster assets. Each one calls its stage in pipelines/core/partitions.py (the
+"""The pipeline's artifacts as Dagster assets. Each one calls its stage in pipelines/runner/dispatch.py (the
 function the CLI and `dvc repro` call, which validates the stage's inputs and output), records what it
 built as metadata, reports that validation as its blocking Great Expectations check, and records the
 partition in dvc.lock."""
@@ -17,18 +17,12 @@ import dagster as dg
 from orchestration import checks
 from orchestration.executor import COMPUTE_TAGS
 from orchestration.resources import DvcLock, MlflowTracking, PscbParams
-from pipelines.core.artifacts import ARTIFACTS, ArtifactInvalid, PartitionBusy, StageResult
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import Params, ParamsError
-from pipelines.core.partitions import (
-    merge_bank_shards,
-    model_dir,
-    model_names,
-    run_bank_shard,
-    run_bank_stage,
-    run_model_stage,
-    slice_dir,
-)
+from pipelines.core.partitions import model_dir, model_names, slice_dir
 from pipelines.core.records import sha256
+from pipelines.runner.checked import ArtifactInvalid, PartitionBusy, StageResult
+from pipelines.runner.dispatch import merge_bank_shards, run_bank_shard, run_bank_stage, run_model_stage
 
 # asset -> DVC stage (dvc.yaml): the two graphs are the same graph (tests/test_dvc.py)
 ASSET_STAGES = {name: artifact.stage for name, artifact in ARTIFACTS.items()}
@@ -144,7 +138,7 @@ def shard_step(name: str, shard: tuple[int, int]) -> dg.OpDefinition:
 def sharded_slice_asset(name: str, upstream: str, description: str, partitions: dg.PartitionsDefinition,
                         count: int) -> dg.AssetsDefinition:
     """A slice's compute asset as `count` shard steps and one merge step, which writes the slice's files
-    (pipelines/core/partitions.py: merge_bank_shards), reports them as the asset and runs its blocking check."""
+    (pipelines/runner/dispatch.py: merge_bank_shards), reports them as the asset and runs its blocking check."""
     check_output = f"{name}_{checks.QUALITY}"  # graph_asset's name for the check's output
 
     @dg.op(name=f"{name}_merge", ins={f"shard_{i}": dg.In(dg.Nothing) for i in range(count)},

@@ -1,4 +1,4 @@
-"""Asset checks: each stage's own Great Expectations validation (pipelines/core/artifacts.py, run inside the
+"""Asset checks: each stage's own Great Expectations validation (pipelines/runner/checked.py, run inside the
 stage by every entry point) reported as a blocking check, and the promotion decision the promote stage
 took. A failing quality check stops every asset downstream of it."""
 
@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 
 from pipelines.core.artifacts import ARTIFACTS
-from pipelines.core.quality import QualityReport
+from pipelines.runner.quality import QualityReport
 
 QUALITY = "great_expectations"
 GATE = "promotion_gate"
@@ -23,7 +23,7 @@ GATE_SPEC = dg.AssetCheckSpec(
 def quality_spec(asset: str) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(QUALITY, asset=asset, blocking=True,
                              description=f"Great Expectations suite '{ARTIFACTS[asset].suite}' "
-                             "(pipelines/core/quality.py), run by the stage on what it wrote.")
+                             "(pipelines/runner/quality.py), run by the stage on what it wrote.")
 
 
 def quality(asset: str, reports: list[tuple[str, QualityReport]]) -> dg.AssetCheckResult:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.core.partitions import STAGES
+from pipelines.runner.dispatch import STAGES
 
 # one line per stage for `--help`; a stage missing here still runs, under a generic line
 STAGE_HELP = {
@@ -57,9 +57,9 @@ class UsageError(Exception):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that are the user's to fix, not bugs. Imported when needed: the CLI's import stays light."""
-    from pipelines.core.artifacts import ArtifactInvalid, PartitionBusy
     from pipelines.core.config import ParamsError
     from pipelines.core.partitions import PartitionError
+    from pipelines.runner.checked import ArtifactInvalid, PartitionBusy
     from pipelines.stages.tasks import BadRowError
 
     return (UsageError, ParamsError, BadRowError, ArtifactInvalid, FileNotFoundError, PartitionError, PartitionBusy)
@@ -80,7 +80,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
 
 def run_stages(args: argparse.Namespace) -> int:
     from pipelines.core.config import load_params
-    from pipelines.core.partitions import model_dir, run_stage, slice_dir
+    from pipelines.core.partitions import model_dir, slice_dir
+    from pipelines.runner.dispatch import run_stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = load_params(args.params, parse_overrides(args.set))

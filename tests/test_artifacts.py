@@ -1,4 +1,4 @@
-"""The checked run every entry point shares (pipelines/core/artifacts.py): inputs validated before a stage runs,
+"""The checked run every entry point shares (pipelines/runner/checked.py): inputs validated before a stage runs,
 its output after; a failed output is set aside and the previous one restored, with one message naming
 the file, the expectation and the row."""
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pipelines.core.artifacts import ARTIFACTS, ArtifactInvalid, PartitionBusy, check, checked_run
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import Params
 from pipelines.core.records import (
     Appender,
@@ -17,6 +17,7 @@ from pipelines.core.records import (
     torn_tail,
     write_records,
 )
+from pipelines.runner.checked import ArtifactInvalid, PartitionBusy, check, checked_run
 from tests.test_quality import K, make_generation, make_task
 
 TASKS = ARTIFACTS["raw_tasks"]
@@ -133,7 +134,7 @@ def test_a_partition_being_written_is_refused_to_a_second_writer(tmp_path):
     folder.mkdir()
     lock = rejected / ".locks" / "raw_tasks.lock"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from pipelines.core.artifacts import exclusive\n"
+        "import sys, time; from pathlib import Path; from pipelines.runner.checked import exclusive\n"
         f"with exclusive(Path({str(lock)!r}), 'tasks'):\n    print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.core.partitions import STAGES
+from pipelines.runner.dispatch import STAGES
 from tests.conftest import REPO, SLOW_MODULES, SLOW_TESTS
 
 SCRIPT = Path(sys.executable).parent / "pscb"
@@ -85,10 +85,10 @@ def test_a_bug_keeps_its_traceback_and_exit_status_1(tmp_path):
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(
-        "import pipelines.core.partitions as partitions\n\n"
+        "import pipelines.runner.dispatch as dispatch\n\n"
         "def run_stage(*args, **kwargs):\n"
         "    return {}['injected']\n\n"
-        "partitions.run_stage = run_stage\n")
+        "dispatch.run_stage = run_stage\n")
     path = os.pathsep.join(p for p in (str(inject), str(REPO), os.environ.get("PYTHONPATH")) if p)
     done = pscb("tasks", "--params", str(params_file(tmp_path)), env={"PYTHONPATH": path})
     assert done.returncode == 1, done.stderr
@@ -100,9 +100,10 @@ def test_a_bug_keeps_its_traceback_and_exit_status_1(tmp_path):
 def test_errors_are_sorted_in_process(monkeypatch, capsys):
     """Every user error class gives exit status 2 and one line; other exceptions propagate unchanged."""
     from pipelines import __main__ as cli
-    from pipelines.core.artifacts import ARTIFACTS, ArtifactInvalid, PartitionBusy
+    from pipelines.core.artifacts import ARTIFACTS
     from pipelines.core.config import ParamsError
     from pipelines.core.partitions import PartitionError
+    from pipelines.runner.checked import ArtifactInvalid, PartitionBusy
     from pipelines.stages.tasks import BadRowError
 
     user = [ParamsError("p.yaml: seed: bad"), BadRowError("arc_easy", 3, "question", "missing"),

@@ -115,7 +115,8 @@ def test_method_settings_name_only_what_the_method_reads(params):
 
 
 def test_a_file_mixed_by_hand_fails_its_suite_naming_the_record(params):
-    from pipelines.core.artifacts import ARTIFACTS, ArtifactInvalid, check
+    from pipelines.core.artifacts import ARTIFACTS
+    from pipelines.runner.checked import ArtifactInvalid, check
 
     folder = slice_of(params)
     tasks.run(params, folder)

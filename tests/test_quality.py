@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from pipelines.core.config import METRICS, PairParams, Params
-from pipelines.core.quality import ARTIFACTS, ROW_ID, ROW_IDS, frame, validate
 from pipelines.core.records import Attribution, Choice, Generation, Task, to_dict
+from pipelines.runner.quality import ARTIFACTS, ROW_ID, ROW_IDS, frame, validate
 from pipelines.stages.pair import make_pairs
 from pipelines.stages.report import build_metrics, metric_rows, per_decision
 from pipelines.stages.score import score_attribution
@@ -226,7 +226,7 @@ CHUNKED = [(artifact, None, {}) for artifact in ARTIFACTS] + [(c[0], c, c[3]) fo
 def test_validating_in_chunks_gives_the_one_table_report(valid, monkeypatch, artifact, case, expected):
     """Every row validated, a few at a time: the same expectations, counts, rows and messages as one
     validation of the whole table (a duplicate id across two chunks included)."""
-    import pipelines.core.quality as quality
+    import pipelines.runner.quality as quality
 
     whole = validate(artifact, rows_of(artifact, valid, case), **expected)
     monkeypatch.setattr(quality, "CHUNK_ROWS", 7 if artifact == "bank" else 2)
@@ -241,9 +241,9 @@ def test_a_bank_file_validated_by_row_groups_gives_the_records_report(valid, tmp
     back as records."""
     import pyarrow.parquet as pq
 
-    import pipelines.core.quality as quality
-    from pipelines.core.artifacts import bank_tables
-    from pipelines.core.quality import validate_tables
+    import pipelines.runner.quality as quality
+    from pipelines.runner.checked import bank_tables
+    from pipelines.runner.quality import validate_tables
 
     path = tmp_path / "bank.parquet"
     rows = rows_of("bank", valid, case)
@@ -258,7 +258,7 @@ def test_a_bank_file_validated_by_row_groups_gives_the_records_report(valid, tmp
 
 
 def test_a_column_missing_from_some_chunks_is_a_column_with_missing_values(valid, monkeypatch):
-    import pipelines.core.quality as quality
+    import pipelines.runner.quality as quality
 
     rows = copy.deepcopy(valid["tasks"])
     del rows[0]["split"], rows[1]["split"]  # the first chunk has no split column at all

@@ -5,9 +5,10 @@ their times."""
 import json
 import sys
 
-from pipelines.core.artifacts import ARTIFACTS, check
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import load_params
 from pipelines.core.records import read_records
+from pipelines.runner.checked import check
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -13,18 +13,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pipelines.core.artifacts import PartitionBusy, exclusive
 from pipelines.core.config import Params
-from pipelines.core.partitions import (
-    for_slice,
-    merge_bank_shards,
-    run_bank_shard,
-    run_bank_stage,
-    shard_lock,
-    slice_dir,
-)
+from pipelines.core.partitions import for_slice, slice_dir
 from pipelines.core.records import read_records
 from pipelines.core.shards import files, members
+from pipelines.runner.checked import PartitionBusy, exclusive
+from pipelines.runner.dispatch import merge_bank_shards, run_bank_shard, run_bank_stage, shard_lock
 from pipelines.stages import attribute
 from tests.conftest import SHARED_DATASETS, tiny_params
 
@@ -139,7 +133,7 @@ def test_a_shard_being_written_is_refused_to_a_second_writer_and_to_the_merge(tm
     params, folder = fresh_slice(tmp_path, tiny_model_dir, one_process, "tasks.jsonl")
     lock = shard_lock(params, DATASET, MODEL, "generate", (0, 2))
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from pathlib import Path; from pipelines.core.artifacts import exclusive\n"
+        "import time; from pathlib import Path; from pipelines.runner.checked import exclusive\n"
         f"with exclusive(Path({str(lock)!r}), 'shard'):\n    print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:

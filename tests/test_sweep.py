@@ -4,7 +4,7 @@ import importlib.util
 from pathlib import Path
 
 from pipelines.core.config import Params
-from pipelines.core.partitions import run_stage
+from pipelines.runner.dispatch import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,2 +1,4 @@
-"""Shared by every stage: the params schema, record schema and storage, the artifact table with its
-Great Expectations suites, the partitions and their folders, model loading, prompts, seeds and MLflow."""
+"""The ground floor, imported by every other floor and importing none of them: the params schema (config.py),
+the artifact table (artifacts.py), the method catalog (catalog.py) and the shared words (vocabulary.py),
+records and storage, partitions and their folders, resume fingerprints (provenance.py), shards, prompts,
+seeds and MLflow."""

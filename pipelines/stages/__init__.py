@@ -8,5 +8,6 @@ Per model, over all of its slices:
     pair -> train -> evaluate -> report -> promote
 
 Each reads the previous stage's files in its partition's folder (pipelines/core/partitions.py) and
-writes its own (pipelines/core/artifacts.py declares them and their suites).
+writes its own: pipelines/core/artifacts.py declares them, what each stage reads and their suites, and
+pipelines/runner/ runs the stages and validates what they read and write.
 """

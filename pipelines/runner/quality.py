@@ -1,6 +1,6 @@
 """Great Expectations suites, one per artifact: the data contracts behind Dagster's blocking checks.
 
-    from pipelines.core.quality import validate
+    from pipelines.runner.quality import validate
     report = validate("tasks", rows, dataset=["arc_easy", "commonsense_qa"])
     assert report.success, report.summary()
 
