@@ -83,7 +83,7 @@ def materialize(name: str, run: Callable[[], StageResult], folder: Path, model: 
     try:
         result = run()
     except ArtifactInvalid as err:
-        if err.artifact.asset != name:
+        if err.artifact.name != name:
             raise failure(name, folder, err) from err
         return dg.MaterializeResult(
             metadata={"rejected": str(err), "path": dg.MetadataValue.path(str(paths[0]))},
@@ -226,9 +226,9 @@ def build_assets(params: Params) -> list[dg.AssetsDefinition]:
                         description=description, check_specs=[checks.quality_spec(name)], kinds={"python"},
                         **(ON_COMPUTE if compute else {}))
 
-    @slice_asset("raw_tasks", [], "Multiple-choice tasks of one dataset, split 70/20/10 by a seeded shuffle.")
-    def raw_tasks(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
-        return materialize_slice(context, "raw_tasks", pscb, dvc)
+    @slice_asset("tasks", [], "Multiple-choice tasks of one dataset, split 70/20/10 by a seeded shuffle.")
+    def tasks(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+        return materialize_slice(context, "tasks", pscb, dvc)
 
     def compute_slice_asset(name: str, upstream: str, description: str) -> dg.AssetsDefinition:
         """One step per slice, or with `bank.shards` = n > 1 n shard steps and their merge."""
@@ -241,7 +241,7 @@ def build_assets(params: Params) -> list[dg.AssetsDefinition]:
 
         return compute
 
-    generations = compute_slice_asset("generations", "raw_tasks", "The model's decision and k post-hoc "
+    generations = compute_slice_asset("generations", "tasks", "The model's decision and k post-hoc "
                                       "explanations per task.")
     attributions = compute_slice_asset("attributions", "generations", "Captum-exact token attributions over the "
                                        "question tokens, for the decision and each explanation.")
@@ -254,33 +254,32 @@ def build_assets(params: Params) -> list[dg.AssetsDefinition]:
     @dg.asset(deps=[dg.AssetDep("bank", partition_mapping=to_model),
                     dg.AssetDep("generations", partition_mapping=to_model)],
               description="Per decision, the most vs the least aligned explanation (train / eval splits).",
-              check_specs=[checks.quality_spec("preference_pairs")], **by_model)
-    def preference_pairs(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
-        return materialize_model(context, "preference_pairs", pscb, dvc)
+              check_specs=[checks.quality_spec("pairs")], **by_model)
+    def pairs(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+        return materialize_model(context, "pairs", pscb, dvc)
 
-    @dg.asset(deps=["preference_pairs"], **ON_COMPUTE, check_specs=[checks.quality_spec("fine_tuned_models")],
+    @dg.asset(deps=["pairs"], **ON_COMPUTE, check_specs=[checks.quality_spec("models")],
               description="LoRA adapters: DPO on the pairs, and the SFT baseline; MLflow training runs.", **by_model)
-    def fine_tuned_models(context, pscb: PscbParams, dvc: DvcLock, mlflow: MlflowTracking) -> dg.MaterializeResult:
-        return materialize_model(context, "fine_tuned_models", pscb, dvc, partial(training_figures, mlflow))
+    def models(context, pscb: PscbParams, dvc: DvcLock, mlflow: MlflowTracking) -> dg.MaterializeResult:
+        return materialize_model(context, "models", pscb, dvc, partial(training_figures, mlflow))
 
-    @dg.asset(deps=["fine_tuned_models"], **ON_COMPUTE, check_specs=[checks.quality_spec("evaluation")],
+    @dg.asset(deps=["models"], **ON_COMPUTE, check_specs=[checks.quality_spec("evaluation")],
               description="Base and fine-tuned models on held-out tasks, in-domain and shifted; MLflow runs.",
               **by_model)
     def evaluation(context, pscb: PscbParams, dvc: DvcLock, mlflow: MlflowTracking) -> dg.MaterializeResult:
         return materialize_model(context, "evaluation", pscb, dvc, partial(evaluation_figures, mlflow))
 
-    @dg.asset(deps=["evaluation"], check_specs=[checks.quality_spec("eval_report")],
+    @dg.asset(deps=["evaluation"], check_specs=[checks.quality_spec("report")],
               description="Alignment and accuracy with confidence intervals, paired tests; HTML + metrics.json.",
               **by_model)
-    def eval_report(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
-        return materialize_model(context, "eval_report", pscb, dvc, report_figures)
+    def report(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+        return materialize_model(context, "report", pscb, dvc, report_figures)
 
-    @dg.asset(deps=["eval_report", "fine_tuned_models"], check_specs=[checks.GATE_SPEC],
+    @dg.asset(deps=["report", "models"], check_specs=[checks.GATE_SPEC],
               description="The promotion decision (promotion.json): the fine-tune registered in MLflow with the "
               "champion alias only when the evaluation's evidence earned it.", **by_model)
-    def champion_model(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
-        return materialize_model(context, "champion_model", pscb, dvc,
+    def promotion(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
+        return materialize_model(context, "promotion", pscb, dvc,
                                  more_checks=[lambda params, summary: checks.promotion_gate(summary, params.promote)])
 
-    return [raw_tasks, generations, attributions, bank, preference_pairs, fine_tuned_models, evaluation,
-            eval_report, champion_model]
+    return [tasks, generations, attributions, bank, pairs, models, evaluation, report, promotion]

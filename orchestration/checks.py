@@ -14,7 +14,7 @@ from pipelines.runner.quality import QualityReport
 QUALITY = "great_expectations"
 GATE = "promotion_gate"
 GATE_SPEC = dg.AssetCheckSpec(
-    GATE, asset="champion_model", blocking=False,
+    GATE, asset="promotion", blocking=False,
     description="Did the evaluation earn the candidate the champion alias (params `promote`: the CI lower bound of "
     "its paired alignment gain above min_alignment_gain, accuracy non-inferior)? The promote stage decides and "
     "moves the alias only when it passed; a refusal is a result, reported here as a warning.")
@@ -46,7 +46,7 @@ def quality(asset: str, reports: list[tuple[str, QualityReport]]) -> dg.AssetChe
 def promotion_gate(summary: dict[str, Any], promote) -> dg.AssetCheckResult:
     low = summary.get("alignment_gain_ci95")
     return dg.AssetCheckResult(
-        asset_key="champion_model", check_name=GATE, passed=summary["passed"], severity=dg.AssetCheckSeverity.WARN,
+        asset_key="promotion", check_name=GATE, passed=summary["passed"], severity=dg.AssetCheckSeverity.WARN,
         description="; ".join(summary["reasons"]) or "promotion earned",
         metadata={"candidate": summary["candidate"], "promoted": summary["promoted"],
                   "alignment_gain": summary["alignment_gain"], "alignment_gain_ci95_low": low[0] if low else None,

@@ -20,7 +20,7 @@ from pipelines.core.records import (
 from pipelines.runner.checked import ArtifactInvalid, PartitionBusy, check, checked_run
 from tests.test_quality import K, make_generation, make_task
 
-TASKS = ARTIFACTS["raw_tasks"]
+TASKS = ARTIFACTS["tasks"]
 
 
 def write_tasks(folder, bad_row: int | None = None) -> bytes:
@@ -44,7 +44,7 @@ def test_a_failed_output_is_set_aside_and_the_previous_one_restored(tmp_path):
     assert message.startswith(f"{folder / 'tasks.jsonl'} failed its Great Expectations suite 'tasks': arc_easy: ")
     assert "answer_in_choices" in message and "rows arc_easy/q1" in message
     assert (folder / "tasks.jsonl").read_bytes() == good  # the next stage still reads the good one
-    assert (rejected / "tasks.jsonl").read_bytes() != good and not (rejected / ".previous" / "raw_tasks").exists()
+    assert (rejected / "tasks.jsonl").read_bytes() != good and not (rejected / ".previous" / "tasks").exists()
 
 
 def test_a_failed_output_with_nothing_before_it_leaves_nothing_behind(tmp_path):
@@ -132,7 +132,7 @@ def test_a_partition_being_written_is_refused_to_a_second_writer(tmp_path):
     twice, and once the first has finished the partition is free again."""
     folder, rejected = tmp_path / "arc_easy", tmp_path / "rejected"
     folder.mkdir()
-    lock = rejected / ".locks" / "raw_tasks.lock"
+    lock = rejected / ".locks" / "tasks.lock"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path; from pipelines.runner.checked import exclusive\n"
         f"with exclusive(Path({str(lock)!r}), 'tasks'):\n    print('held', flush=True); time.sleep(60)")],

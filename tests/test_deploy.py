@@ -39,13 +39,13 @@ def test_definitions_load_with_the_k8s_executor_and_compute_steps_render_as_gpu_
                 user_defined_k8s_config=get_user_defined_k8s_config(node.tags), component="step_worker"))
             kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
             rendered[node.name] = manifest["spec"]["template"]["spec"]
-    compute = {"generations", "attributions", "fine_tuned_models", "evaluation"}
+    compute = {"generations", "attributions", "models", "evaluation"}
     for name, pod in rendered.items():
         gpus = pod["containers"][0].get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
         assert (gpus == "1") == (name in compute), name
         assert (pod.get("node_selector") or pod.get("nodeSelector") or {}).get("pscb.io/accelerator") == (
             "gpu" if name in compute else None), name
-    assert set(rendered) >= compute | {"raw_tasks", "bank", "preference_pairs", "eval_report"}
+    assert set(rendered) >= compute | {"tasks", "bank", "pairs", "report"}
 
 
 def test_an_unknown_executor_is_refused_by_name(monkeypatch):

@@ -23,7 +23,7 @@ from orchestration.executor import connect
 from orchestration.webserver import free_port
 from tests.conftest import REPO, tiny_params
 
-BANK_ASSETS = ["raw_tasks", "generations", "attributions", "bank"]
+BANK_ASSETS = ["tasks", "generations", "attributions", "bank"]
 COMPUTE_STEPS = {"generations", "attributions"}
 
 
@@ -158,7 +158,7 @@ def test_a_run_whose_cluster_is_gone_fails_with_the_command_and_materializes_not
             run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records]
         text = " ".join(str(e.dagster_event.event_specific_data) + (e.message or "") for e in failures + errors)
         assert "did not answer" in text and "python -m orchestration.cluster up" in text, text[-3000:]
-        assert instance.fetch_materializations(dg.AssetKey("raw_tasks"), limit=10).records == []
+        assert instance.fetch_materializations(dg.AssetKey("tasks"), limit=10).records == []
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.jsonl"))
 
 

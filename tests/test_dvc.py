@@ -277,7 +277,7 @@ def test_a_params_edit_rebuilds_through_dagster_what_dvc_repro_builds_in_a_clean
     fresh = tmp_path / "fresh"
     shutil.copytree(clone, fresh)
     monkeypatch.chdir(clone)
-    generations = [dg.AssetKey("raw_tasks"), dg.AssetKey("generations")]
+    generations = [dg.AssetKey("tasks"), dg.AssetKey("generations")]
 
     def materialize() -> None:
         result = build_definitions("params.yaml", repo=str(clone)).resolve_job_def("build_bank").execute_in_process(

@@ -40,7 +40,7 @@ def test_whole_graph_materializes_with_metadata_and_passing_checks(tmp_path, tin
 
     evaluations = {k: v for r in results for k, v in checks_of(r).items()}
     quality = {k for k in evaluations if k.endswith(":great_expectations")}
-    assert quality == {f"{a}:great_expectations" for a in ASSET_STAGES if a != "champion_model"}
+    assert quality == {f"{a}:great_expectations" for a in ASSET_STAGES if a != "promotion"}
     assert all(e.passed for e in evaluations.values()), {k: e.description for k, e in evaluations.items()}
     assert evaluations["bank:great_expectations"].metadata["expectations"].value >= 4
 
@@ -57,7 +57,7 @@ def test_whole_graph_materializes_with_metadata_and_passing_checks(tmp_path, tin
     evaluation = instance.get_latest_materialization_event(dg.AssetKey("evaluation")).asset_materialization
     assert 0 <= evaluation.metadata["dpo_accuracy"].value <= 1
     assert "/#/experiments/" in evaluation.metadata["dpo_mlflow_run"].value
-    training = instance.get_latest_materialization_event(dg.AssetKey("fine_tuned_models")).asset_materialization
+    training = instance.get_latest_materialization_event(dg.AssetKey("models")).asset_materialization
     assert training.metadata["dpo_steps"].value == 1
 
     promotion = json.loads((tmp_path / "data" / MODEL / "promotion.json").read_text())
@@ -83,7 +83,7 @@ def test_a_failing_expectation_blocks_everything_downstream(tmp_path, tiny_model
     assert not check.passed and rows[1]["id"] in check.metadata["failures"].value
     assert rows[1]["id"] in check.description
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"raw_tasks", "generations"}  # attributions and bank did not run
+    assert materialized == {"tasks", "generations"}  # attributions and bank did not run
     assert instance.get_latest_materialization_event(dg.AssetKey("bank")).timestamp == before
 
 
@@ -104,7 +104,7 @@ def test_bad_input_fails_with_a_message_and_runs_nothing_downstream(tmp_path, ti
 
 def test_retraining_waits_for_the_whole_bank_and_its_checks(tmp_path, tiny_model_dir, instance):
     defs = build_definitions(str(tiny_params(tmp_path, tiny_model_dir)), repo=str(tmp_path))
-    pairs = dg.AssetKey("preference_pairs")
+    pairs = dg.AssetKey("pairs")
     assert run(defs, "build_bank", BANK_KEYS[0], instance).success
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert first.get_requested_partitions(pairs) == set()  # one dataset slice is still missing

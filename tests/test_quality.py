@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.core.config import METRICS, PairParams, Params
 from pipelines.core.records import Attribution, Choice, Generation, Task, to_dict
-from pipelines.runner.quality import ARTIFACTS, ROW_ID, ROW_IDS, frame, validate
+from pipelines.runner.quality import ROW_ID, ROW_IDS, SUITES, frame, validate
 from pipelines.stages.pair import make_pairs
 from pipelines.stages.report import build_metrics, metric_rows, per_decision
 from pipelines.stages.score import score_attribution
@@ -88,14 +88,14 @@ def valid() -> dict[str, list[dict]]:
     pairs, _ = make_pairs(bank.to_dict("records"), {g["id"]: g for g in generations}, "lime", PairParams())
     metrics = build_metrics(Params(), {"base": per_decision(bank, "lime")})
     return {"tasks": [to_dict(t) for t in tasks], "generations": generations, "attributions": attributions,
-            "bank": bank.to_dict("records"), "pairs": pairs, "training_log": TRAINING_LOG,
-            "eval_metrics": metric_rows(metrics)}
+            "bank": bank.to_dict("records"), "pairs": pairs, "models": TRAINING_LOG,
+            "report": metric_rows(metrics)}
 
 
 EXPECTED = {"tasks": {"dataset": ["arc_easy", "commonsense_qa"]}, "generations": {"n_explanations": K}}
 
 
-@pytest.mark.parametrize("artifact", ARTIFACTS)
+@pytest.mark.parametrize("artifact", SUITES)
 def test_valid_artifact_passes(valid, artifact):
     report = validate(artifact, valid[artifact], **EXPECTED.get(artifact, {}))
     assert report.success, report.summary()
@@ -110,8 +110,8 @@ def test_undefined_scores_pass_the_bank_suite(valid):
     assert validate("bank", bank).success
 
 
-def test_training_log_keeps_training_steps_only(valid):
-    table = frame("training_log", TRAINING_LOG)
+def test_the_models_suite_keeps_training_steps_only(valid):
+    table = frame("models", TRAINING_LOG)
     assert table[ROW_ID].tolist() == ["1", "2", "3"]  # eval and closing summary rows share a step
 
 
@@ -165,13 +165,13 @@ BROKEN = [  # artifact, row, mutation, expected, expectation, column
     ("pairs", 0, put("margin", 0.5), {}, IN_SET, "margin_is_score_difference"),
     ("pairs", 0, lambda r: r.update(chosen_score=r["rejected_score"] + 0.01, margin=0.01), {"min_margin": 0.02},
      BETWEEN, "margin"),
-    ("training_log", 1, put("loss", float("nan")), {}, IN_SET, "all_finite"),
-    ("training_log", 1, put("rewards/accuracies", 1.5), {}, BETWEEN, "rewards/accuracies"),
-    ("training_log", 3, put("step", 2), {}, "expect_column_values_to_be_increasing", "step"),
-    ("eval_metrics", 0, put("accuracy", 1.2), {}, BETWEEN, "accuracy"),
-    ("eval_metrics", 0, put("spearman_median", -1.5), {}, BETWEEN, "spearman_median"),
-    ("eval_metrics", 0, put("decisions", 0), {}, BETWEEN, "decisions"),
-    ("eval_metrics", 0, put("accuracy_ci95", [0.9, 0.1]), {}, IN_SET, "intervals_ordered"),
+    ("models", 1, put("loss", float("nan")), {}, IN_SET, "all_finite"),
+    ("models", 1, put("rewards/accuracies", 1.5), {}, BETWEEN, "rewards/accuracies"),
+    ("models", 3, put("step", 2), {}, "expect_column_values_to_be_increasing", "step"),
+    ("report", 0, put("accuracy", 1.2), {}, BETWEEN, "accuracy"),
+    ("report", 0, put("spearman_median", -1.5), {}, BETWEEN, "spearman_median"),
+    ("report", 0, put("decisions", 0), {}, BETWEEN, "decisions"),
+    ("report", 0, put("accuracy_ci95", [0.9, 0.1]), {}, IN_SET, "intervals_ordered"),
 ]
 
 
@@ -218,7 +218,7 @@ def rows_of(artifact, valid, case):
     return rows
 
 
-CHUNKED = [(artifact, None, {}) for artifact in ARTIFACTS] + [(c[0], c, c[3]) for c in BROKEN]
+CHUNKED = [(artifact, None, {}) for artifact in SUITES] + [(c[0], c, c[3]) for c in BROKEN]
 
 
 @pytest.mark.parametrize("artifact, case, expected", CHUNKED,

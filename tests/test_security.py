@@ -195,7 +195,7 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 repository = ReconstructableRepository.for_module('orchestration.definitions', 'defs', '.')
 job = repository.get_reconstructable_job('build_bank')
 with dg.DagsterInstance.get() as instance:
-    result = dg.execute_job(job, instance, asset_selection=[dg.AssetKey('raw_tasks')],
+    result = dg.execute_job(job, instance, asset_selection=[dg.AssetKey('tasks')],
                             tags={'dagster/partition': 'arc_easy|tiny', 'dagster/partition/dataset': 'arc_easy',
                                   'dagster/partition/model': 'tiny'})
     print('run', result.run_id, 'SUCCESS' if result.success else 'FAILED', 'pid', os.getpid())
@@ -242,8 +242,8 @@ def test_a_tls_cluster_runs_a_dagster_step_and_refuses_clients_without_its_certi
     with dg.DagsterInstance.from_config(str(home)) as instance:
         (start,) = [r.event_log_entry.dagster_event for r in instance.get_records_for_run(
             run_id, of_type=dg.DagsterEventType.STEP_START).records]
-        assert start.step_key == "raw_tasks" and start.pid == worker_pid  # it ran in the Dask worker
-        (record,) = instance.fetch_materializations(dg.AssetKey("raw_tasks"), limit=10).records
+        assert start.step_key == "tasks" and start.pid == worker_pid  # it ran in the Dask worker
+        (record,) = instance.fetch_materializations(dg.AssetKey("tasks"), limit=10).records
         assert record.partition_key == "arc_easy|tiny"
     assert any((tmp_path / "data").rglob("*.jsonl"))
 

@@ -166,9 +166,9 @@ def test_the_dagster_graph_runs_each_shard_as_a_step_and_materializes_the_merged
         assert result.success
         steps = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
         checks = {e.asset_key.to_user_string(): e.passed for e in result.get_asset_check_evaluations()}
-        assert checks == {a: True for a in ("raw_tasks", "generations", "attributions", "bank")}
+        assert checks == {a: True for a in ("tasks", "generations", "attributions", "bank")}
         materialized = [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()]
-        assert sorted(materialized) == ["attributions", "bank", "generations", "raw_tasks"]  # each once
+        assert sorted(materialized) == ["attributions", "bank", "generations", "tasks"]  # each once
         folders[count] = root / "data" / MODEL / "bank" / "arc_easy"
         if count == 2:
             assert {f"{a}.{a}_shard_{i}_of_2" for a in ("generations", "attributions") for i in range(2)} | {

@@ -33,12 +33,12 @@ def test_dagster_dev_serves_the_assets_and_runs_what_the_ui_launches(tmp_path, t
         assert set(nodes) == set(ASSET_STAGES)
         assert {n["groupName"] for n in nodes.values()} == {"bank", "fine_tuning"}
         assert all(n["description"] and n["isPartitioned"] for n in nodes.values())
-        assert [d["path"] for d in nodes["generations"]["dependencyKeys"]] == [["raw_tasks"]]
+        assert [d["path"] for d in nodes["generations"]["dependencyKeys"]] == [["tasks"]]
         assert {d["name"]: d["partitionKeys"] for d in nodes["bank"]["partitionKeysByDimension"]} == {
             "dataset": ["arc_easy", "commonsense_qa"], "model": ["tiny"]}
-        checks = {c["name"]: c["blocking"] for c in nodes["eval_report"]["assetChecksOrError"]["checks"]}
+        checks = {c["name"]: c["blocking"] for c in nodes["report"]["assetChecksOrError"]["checks"]}
         assert checks == {"great_expectations": True}
-        gate = {c["name"]: c["blocking"] for c in nodes["champion_model"]["assetChecksOrError"]["checks"]}
+        gate = {c["name"]: c["blocking"] for c in nodes["promotion"]["assetChecksOrError"]["checks"]}
         assert gate == {"promotion_gate": False}  # a refusal is a result, not a failed run
 
         location = data["workspaceOrError"]["locationEntries"][0]["name"]
@@ -52,5 +52,5 @@ def test_dagster_dev_serves_the_assets_and_runs_what_the_ui_launches(tmp_path, t
             status = graphql(url, STATUS, runId=run_id)["data"]["runOrError"]["status"]
         assert status == "SUCCESS"
         steps = graphql(url, STATUS, runId=run_id)["data"]["runOrError"]["assetMaterializations"]
-        assert {"/".join(m["assetKey"]["path"]) for m in steps} == {"raw_tasks", "generations", "attributions", "bank"}
+        assert {"/".join(m["assetKey"]["path"]) for m in steps} == {"tasks", "generations", "attributions", "bank"}
     assert (tmp_path / "data" / "tiny" / "bank" / "arc_easy" / "bank.parquet").exists()

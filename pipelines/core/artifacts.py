@@ -13,30 +13,29 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class Artifact:
-    asset: str  # Dagster asset key
-    stage: str  # CLI and DVC stage that writes it
+    name: str  # the artifact's one noun: its Dagster asset key, its suite's name, its file's or folder's stem
+    stage: str  # the verb: the CLI and DVC stage that writes it
     scope: Literal["slice", "model"]  # one per dataset x model slice of the bank, or one per model
     files: tuple[str, ...]  # relative to the partition's folder; the first is the artifact itself
     suite: str | None  # pipelines/runner/quality.py suite
-    reads: tuple[str, ...]  # assets whose artifacts the stage consumes (validated before it runs)
+    reads: tuple[str, ...]  # the artifacts the stage consumes (validated before it runs)
     # files the stage only ever appends to (records.Appender); its other top-level files it replaces
     # atomically (write_records, write_json, temp file + rename), and its folders it may rewrite in place
     appended: tuple[str, ...] = ()
 
 
-ARTIFACTS = {a.asset: a for a in (
-    Artifact("raw_tasks", "tasks", "slice", ("tasks.jsonl", "tasks_summary.json"), "tasks", ()),
+ARTIFACTS = {a.name: a for a in (
+    Artifact("tasks", "tasks", "slice", ("tasks.jsonl", "tasks_summary.json"), "tasks", ()),
     Artifact("generations", "generate", "slice", ("generations.jsonl", "generations_summary.json"), "generations",
-             ("raw_tasks",), appended=("generations.jsonl",)),
+             ("tasks",), appended=("generations.jsonl",)),
     Artifact("attributions", "attribute", "slice", ("attributions.jsonl", "attributions_summary.json"),
              "attributions", ("generations",), appended=("attributions.jsonl",)),
     Artifact("bank", "score", "slice", ("bank.parquet", "score_summary.json"), "bank",
              ("generations", "attributions")),
-    Artifact("preference_pairs", "pair", "model", ("pairs", "pairs_summary.json"), "pairs", ("bank",)),
-    Artifact("fine_tuned_models", "train", "model", ("models", "train_summary.json"), "training_log",
-             ("preference_pairs",)),
-    Artifact("evaluation", "evaluate", "model", ("evaluation",), "bank", ("fine_tuned_models",)),
-    Artifact("eval_report", "report", "model", ("report",), "eval_metrics", ("evaluation",)),
-    Artifact("champion_model", "promote", "model", ("promotion.json",), None, ("eval_report",)),
+    Artifact("pairs", "pair", "model", ("pairs", "pairs_summary.json"), "pairs", ("bank",)),
+    Artifact("models", "train", "model", ("models", "train_summary.json"), "models", ("pairs",)),
+    Artifact("evaluation", "evaluate", "model", ("evaluation",), "bank", ("models",)),
+    Artifact("report", "report", "model", ("report",), "report", ("evaluation",)),
+    Artifact("promotion", "promote", "model", ("promotion.json",), None, ("report",)),
 )}
 BY_STAGE = {a.stage: a for a in ARTIFACTS.values()}

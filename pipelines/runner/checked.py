@@ -84,9 +84,9 @@ def parts(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, A
     """(part, rows, expected values) for each table the artifact holds in `folder` (its partition's). The rows
     are read as they are validated: records one at a time (an iterable of dicts), a bank by row groups (an
     iterable of arrow tables, `BankTables`), so no part is ever held whole."""
-    name = artifact.asset
-    if name in ("raw_tasks", "generations", "attributions"):
-        expected = {"raw_tasks": {"dataset": folder.name},
+    name = artifact.name
+    if name in ("tasks", "generations", "attributions"):
+        expected = {"tasks": {"dataset": folder.name},
                     "attributions": {"settings": {m: method_settings(params.attribute, params.seed, m)
                                                   for m in params.attribute.methods}},
                     "generations": {"n_explanations": params.generate.n_explanations,
@@ -94,10 +94,10 @@ def parts(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, A
         return [(folder.name, read_records(folder / artifact.files[0]), expected)]
     if name == "bank":
         return [(folder.name, BankTables(folder / "bank.parquet"), {})]
-    if name == "preference_pairs":
+    if name == "pairs":
         rows = (r for f in sorted((folder / "pairs").glob("*.jsonl")) for r in read_records(f))
         return [("pairs", rows, {"min_margin": params.pair.min_margin, "keep_ties": params.pair.keep_ties})]
-    if name == "fine_tuned_models":
+    if name == "models":
         summary = json.loads((folder / "train_summary.json").read_text())
         return [(a, summary[a]["log_history"], {}) for a in params.train.algorithms]
     if name == "evaluation":
@@ -131,7 +131,7 @@ def fingerprint(artifact: Artifact, params: Params, folder: Path) -> tuple:
             if file.is_file():
                 stat = file.stat()
                 entries.append((file.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns, stat.st_ino))
-    return artifact.asset, str(folder.resolve()), params.model_dump_json(), tuple(entries)
+    return artifact.name, str(folder.resolve()), params.model_dump_json(), tuple(entries)
 
 
 def check(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, QualityReport]]:
@@ -233,10 +233,10 @@ def checked_run(artifact: Artifact, params: Params, folder: Path, stage: Callabl
 
     `folder` is the partition's folder, `inputs` the (artifact, folder) pairs the stage reads, `rejected`
     where a failed output goes (outside every DVC output and dependency)."""
-    with exclusive(rejected / ".locks" / f"{artifact.asset}.lock", f"{folder / artifact.files[0]}"):
+    with exclusive(rejected / ".locks" / f"{artifact.name}.lock", f"{folder / artifact.files[0]}"):
         for upstream, where in inputs:
             check(upstream, params, where)
-        previous = Previous(artifact, folder, rejected / ".previous" / artifact.asset)
+        previous = Previous(artifact, folder, rejected / ".previous" / artifact.name)
         try:
             summary = stage()  # a crash leaves its partial output in place: the stages resume from it
             try:

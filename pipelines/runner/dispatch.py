@@ -69,7 +69,7 @@ def _merge_functions() -> dict[str, Callable[..., dict[str, Any]]]:
 
 def shard_lock(params: Params, dataset: str, model: str, stage: str, shard: tuple[int, int]) -> Path:
     """The lock of one shard of one slice's stage: one writer per shard file, while other shards run."""
-    name = f"{BY_STAGE[stage].asset}-{shard[0]}-of-{shard[1]}.lock"
+    name = f"{BY_STAGE[stage].name}-{shard[0]}-of-{shard[1]}.lock"
     return rejected_dir(params, model) / "bank" / dataset / ".locks" / name
 
 

@@ -5,7 +5,7 @@
     assert report.success, report.summary()
 
 `rows` are the records a stage wrote (JSON Lines records; the bank's `pd.read_parquet(...).to_dict("records")`;
-TRL's `log_history` for training_log; `report.metric_rows(metrics)` for eval_metrics). `frame()` turns them into
+TRL's `log_history` of each fine-tune for models; `report.metric_rows(metrics)` for report). `frame()` turns them into
 the table a suite validates and adds a boolean column for each rule GX cannot state itself (a value in the
 row's own list, two fields that must differ, a vector as long as its features); the suite expects it True,
 so a failure names the rule. Failures name the offending rows by the artifact's id.
@@ -39,7 +39,7 @@ from pipelines.core.vocabulary import COUNTERFACTUAL, DATASETS, METRICS, MISMATC
 if TYPE_CHECKING:
     import pandas as pd
 
-ARTIFACTS = ("tasks", "generations", "attributions", "bank", "pairs", "training_log", "eval_metrics")
+SUITES = ("tasks", "generations", "attributions", "bank", "pairs", "models", "report")  # named by artifact
 PARSE_STATUSES = ("letter", "text", "unparseable")
 EXPECTED = ("dataset", "n_explanations", "min_margin", "keep_ties", "min_rows", "settings")
 SETTINGS_RULE = "settings_match_params"
@@ -59,8 +59,8 @@ HEAVY = {
                      "seeds", "controls"),
     "bank": ("decision_vector", "explanation_vector", "feature_tokens"),
     "pairs": ("prompt", "chosen", "rejected", "model"),
-    "training_log": (),
-    "eval_metrics": (),
+    "models": (),
+    "report": (),
 }
 
 
@@ -152,8 +152,8 @@ ROW_IDS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "attributions": lambda r: f"{r.get('generation_id')}/{r.get('method')}",
     "bank": lambda r: r.get("id"),
     "pairs": lambda r: r.get("id"),
-    "training_log": lambda r: r.get("step"),
-    "eval_metrics": lambda r: f"{r.get('model')}/{r.get('dataset')}",
+    "models": lambda r: r.get("step"),
+    "report": lambda r: f"{r.get('model')}/{r.get('dataset')}",
 }
 
 # derived columns: rules every row must satisfy (True), and COUNTS, checked against `expected`
@@ -194,10 +194,10 @@ DERIVED: dict[str, dict[str, Callable[[dict[str, Any]], Any]]] = {
         "margin_is_score_difference": lambda r: math.isclose(r["margin"], r["chosen_score"] - r["rejected_score"],
                                                              abs_tol=1e-9),
     },
-    "training_log": {
+    "models": {
         "all_finite": lambda r: _finite(v for v in r.values() if isinstance(v, float)),
     },
-    "eval_metrics": {
+    "report": {
         "intervals_ordered": _intervals_ordered,
     },
 }
@@ -214,9 +214,9 @@ def frame(artifact: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
     """The table `artifact`'s suite validates: the rows, their id (ROW_ID) and the derived columns."""
     import pandas as pd
 
-    if artifact not in ARTIFACTS:
-        raise ValueError(f"unknown artifact {artifact!r}; choose from {list(ARTIFACTS)}")
-    if artifact == "training_log":
+    if artifact not in SUITES:
+        raise ValueError(f"unknown artifact {artifact!r}; choose from {list(SUITES)}")
+    if artifact == "models":
         # TRL logs evaluations and the closing summary as separate dicts under the same step
         rows = [row for row in rows if "loss" in row]
     table = pd.DataFrame(rows)
@@ -277,11 +277,11 @@ def _expectations(artifact: str, table: pd.DataFrame, expected: dict[str, Any]) 
                 among("method", ATTRIBUTION_METHODS), among("metric", METRICS),
                 bounded("margin", 0 if keep_ties else expected.get("min_margin", 0)),
                 *rules(skip=("chosen_differs_from_rejected",) if keep_ties else ())]
-    if artifact == "training_log":
+    if artifact == "models":
         fractions = [bounded(c, 0, 1) for c in ("rewards/accuracies", "mean_token_accuracy") if c in table]
         return [*common, *exist("step", "loss"), *not_null("step", "loss"),
                 gxe.ExpectColumnValuesToBeIncreasing(column="step", strictly=True), *fractions, *rules()]
-    # eval_metrics: per-decision Spearman / cosine summaries; a std of values in [-1, 1] lies in [0, 1]
+    # report: per-decision Spearman / cosine summaries; a std of values in [-1, 1] lies in [0, 1]
     scores = [bounded(c, 0 if c.endswith("_std") else -1, 1) for c in table
               if c.startswith(("spearman_", "cosine_")) and not c.endswith("_ci95")]
     return [*common, *exist("model", "dataset", "decisions", "accuracy"), *not_null("model", "dataset"),
@@ -382,12 +382,12 @@ class _Validation:
         unknown = sorted(set(expected) - set(EXPECTED))
         if unknown:
             raise TypeError(f"unknown expected value(s) {unknown}; choose from {list(EXPECTED)}")
-        if artifact not in ARTIFACTS:
-            raise ValueError(f"unknown artifact {artifact!r}; choose from {list(ARTIFACTS)}")
+        if artifact not in SUITES:
+            raise ValueError(f"unknown artifact {artifact!r}; choose from {list(SUITES)}")
         self.artifact, self.expected = artifact, expected
         self.outcomes: dict[str, _Outcome] = {}
         self.ids: list[str] = []
-        self.steps: list[Any] = []  # training_log's step column, for the table-wide increasing check
+        self.steps: list[Any] = []  # the models suite's step column (TRL's log), for the table-wide increasing check
         self.rows, self.chunks = 0, 0
         self.missing: dict[str, int] = {}  # required column -> chunks it was absent from
         self.first: Any = None  # the first chunk's frame as it came
@@ -423,7 +423,7 @@ class _Validation:
         self.chunks += 1
         self.rows += len(table)
         self.ids.extend(table[ROW_ID].tolist())
-        if self.artifact == "training_log" and "step" in table:
+        if self.artifact == "models" and "step" in table:
             self.steps.extend(table["step"].tolist())
         if self.first is None:
             self.first = table
@@ -451,7 +451,7 @@ class _Validation:
                 del self.outcomes[key]
             self._run(self.first, keep=lambda key, c=column: _column_key(c) in key)
         narrow = pd.DataFrame({ROW_ID: pd.Series(self.ids, dtype=object)})
-        if self.artifact == "training_log" and self.steps:
+        if self.artifact == "models" and self.steps:
             narrow["step"] = self.steps
         self._run(narrow, keep=lambda key: key.startswith(TABLE_WIDE))
         if all(outcome.success for outcome in self.outcomes.values()):
@@ -459,7 +459,7 @@ class _Validation:
         # the failures in the order one validation of the whole suite lists them (GX's, not the suite's)
         sample = self.first.head(1)
         sample = sample.assign(**{c: None for c in self.missing if c not in sample and self.missing[c] < self.chunks})
-        if self.artifact == "training_log" and "step" not in sample and self.steps:
+        if self.artifact == "models" and "step" not in sample and self.steps:
             sample = sample.assign(step=self.steps[:1])
         order = self._run(sample, keep=lambda key: True, record=False)
         return self._report([k for k in order if k in self.outcomes] + [k for k in self.outcomes if k not in order],
@@ -501,7 +501,7 @@ def validate(artifact: str, rows: Iterable[dict[str, Any]], **expected: Any) -> 
             values.clear()
 
     for row in rows:
-        if artifact == "training_log" and "loss" not in row:
+        if artifact == "models" and "loss" not in row:
             continue  # TRL logs evaluations and the closing summary as separate dicts under the same step
         ids.append(str(ROW_IDS[artifact](row)))
         for name, rule in rules.items():
