@@ -21,6 +21,7 @@ from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import Params, ParamsError
 from pipelines.core.partitions import model_dir, model_names, slice_dir
 from pipelines.core.records import sha256
+from pipelines.core.vocabulary import OWN
 from pipelines.runner.checked import ArtifactInvalid, PartitionBusy, StageResult
 from pipelines.runner.dispatch import merge_bank_shards, run_bank_shard, run_bank_stage, run_model_stage
 
@@ -135,10 +136,11 @@ def shard_step(name: str, shard: tuple[int, int]) -> dg.OpDefinition:
     return run_shard
 
 
-def sharded_slice_asset(name: str, upstream: str, description: str, partitions: dg.PartitionsDefinition,
+def sharded_slice_asset(name: str, description: str, partitions: dg.PartitionsDefinition,
                         count: int) -> dg.AssetsDefinition:
     """A slice's compute asset as `count` shard steps and one merge step, which writes the slice's files
     (pipelines/runner/dispatch.py: merge_bank_shards), reports them as the asset and runs its blocking check."""
+    (upstream,) = ARTIFACTS[name].reads  # a sharded stage reads one artifact of its slice
     check_output = f"{name}_{checks.QUALITY}"  # graph_asset's name for the check's output
 
     @dg.op(name=f"{name}_merge", ins={f"shard_{i}": dg.In(dg.Nothing) for i in range(count)},
@@ -167,8 +169,8 @@ def materialize_model(context, name: str, pscb: PscbParams, dvc: DvcLock, extra=
 def bank_means(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     from pipelines.stages.score import read_scores
 
-    table = read_scores(folder / "bank.parquet", ["kind", "spearman", "cosine"])  # not the vectors: GBs at 100K
-    own = table[table["kind"] == "own"]
+    table = read_scores(folder / ARTIFACTS["bank"].path, ["kind", "spearman", "cosine"])  # not the vectors: GBs at 100K
+    own = table[table["kind"] == OWN]
     out = {"rows": len(table), "own_rows": len(own),
            **{f"mean_{m}": float(own[m].mean()) for m in ("spearman", "cosine")}}
     for method, stats in summary.get("methods", {}).items():  # the trust figures, per method (Spearman)
@@ -207,7 +209,7 @@ def evaluation_figures(mlflow: MlflowTracking, params: Params, folder: Path, sum
 
 
 def report_figures(params: Params, folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    metrics = json.loads((folder / "report" / "metrics.json").read_text())
+    metrics = json.loads((folder / ARTIFACTS["report"].summary).read_text())
     out: dict[str, Any] = {"report": dg.MetadataValue.path(summary["report"])}
     for name, stats in metrics["models"].items():
         out |= {f"{name}_accuracy": stats["all"]["accuracy"],
@@ -221,63 +223,65 @@ def build_assets(params: Params) -> list[dg.AssetsDefinition]:
     by_model = {"group_name": MODEL_GROUP, "partitions_def": model_parts, "kinds": {"python"},
                 "automation_condition": RETRAIN_WHEN_BANK_CHANGES}
 
-    def slice_asset(name: str, upstream: list[str], description: str, compute: bool = False):
-        return dg.asset(name=name, deps=upstream, partitions_def=bank_parts, group_name=BANK_GROUP,
+    def deps(name: str) -> list[dg.AssetDep]:
+        """What the asset's stage reads (pipelines/core/artifacts.py): a model's asset reads every slice of its bank."""
+        scope = ARTIFACTS[name].scope
+        return [dg.AssetDep(read, partition_mapping=to_model if (scope, ARTIFACTS[read].scope) == ("model", "slice")
+                            else None) for read in ARTIFACTS[name].reads]
+
+    def slice_asset(name: str, description: str, compute: bool = False):
+        return dg.asset(name=name, deps=deps(name), partitions_def=bank_parts, group_name=BANK_GROUP,
                         description=description, check_specs=[checks.quality_spec(name)], kinds={"python"},
                         **(ON_COMPUTE if compute else {}))
 
-    @slice_asset("tasks", [], "Multiple-choice tasks of one dataset, split 70/20/10 by a seeded shuffle.")
+    def model_asset(name: str, description: str, compute: bool = False, check_specs=None):
+        return dg.asset(name=name, deps=deps(name), description=description, check_specs=check_specs or
+                        [checks.quality_spec(name)], **by_model, **(ON_COMPUTE if compute else {}))
+
+    @slice_asset("tasks", "Multiple-choice tasks of one dataset, split 70/20/10 by a seeded shuffle.")
     def tasks(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
         return materialize_slice(context, "tasks", pscb, dvc)
 
-    def compute_slice_asset(name: str, upstream: str, description: str) -> dg.AssetsDefinition:
+    def compute_slice_asset(name: str, description: str) -> dg.AssetsDefinition:
         """One step per slice, or with `bank.shards` = n > 1 n shard steps and their merge."""
         if params.bank.shards > 1:
-            return sharded_slice_asset(name, upstream, description, bank_parts, params.bank.shards)
+            return sharded_slice_asset(name, description, bank_parts, params.bank.shards)
 
-        @slice_asset(name, [upstream], description, compute=True)
+        @slice_asset(name, description, compute=True)
         def compute(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
             return materialize_slice(context, name, pscb, dvc)
 
         return compute
 
-    generations = compute_slice_asset("generations", "tasks", "The model's decision and k post-hoc "
-                                      "explanations per task.")
-    attributions = compute_slice_asset("attributions", "generations", "Captum-exact token attributions over the "
-                                       "question tokens, for the decision and each explanation.")
+    generations = compute_slice_asset("generations", "The model's decision and k post-hoc explanations per task.")
+    attributions = compute_slice_asset("attributions", "Captum-exact token attributions over the question tokens, "
+                                       "for the decision and each explanation.")
 
-    @slice_asset("bank", ["attributions", "generations"], "The PSCB: per explanation, the agreement (Spearman, "
-                 "cosine, ...) of its attribution with the decision's.")
+    @slice_asset("bank", "The PSCB: per explanation, the agreement (Spearman, cosine, ...) of its attribution with "
+                 "the decision's.")
     def bank(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
         return materialize_slice(context, "bank", pscb, dvc, bank_means)
 
-    @dg.asset(deps=[dg.AssetDep("bank", partition_mapping=to_model),
-                    dg.AssetDep("generations", partition_mapping=to_model)],
-              description="Per decision, the most vs the least aligned explanation (train / eval splits).",
-              check_specs=[checks.quality_spec("pairs")], **by_model)
+    @model_asset("pairs", "Per decision, the most vs the least aligned explanation (train / eval splits).")
     def pairs(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
         return materialize_model(context, "pairs", pscb, dvc)
 
-    @dg.asset(deps=["pairs"], **ON_COMPUTE, check_specs=[checks.quality_spec("models")],
-              description="LoRA adapters: DPO on the pairs, and the SFT baseline; MLflow training runs.", **by_model)
+    @model_asset("models", "LoRA adapters: DPO on the pairs, and the SFT baseline; MLflow training runs.",
+                 compute=True)
     def models(context, pscb: PscbParams, dvc: DvcLock, mlflow: MlflowTracking) -> dg.MaterializeResult:
         return materialize_model(context, "models", pscb, dvc, partial(training_figures, mlflow))
 
-    @dg.asset(deps=["models"], **ON_COMPUTE, check_specs=[checks.quality_spec("evaluation")],
-              description="Base and fine-tuned models on held-out tasks, in-domain and shifted; MLflow runs.",
-              **by_model)
+    @model_asset("evaluation", "Base and fine-tuned models on held-out tasks, in-domain and shifted; MLflow runs.",
+                 compute=True)
     def evaluation(context, pscb: PscbParams, dvc: DvcLock, mlflow: MlflowTracking) -> dg.MaterializeResult:
         return materialize_model(context, "evaluation", pscb, dvc, partial(evaluation_figures, mlflow))
 
-    @dg.asset(deps=["evaluation"], check_specs=[checks.quality_spec("report")],
-              description="Alignment and accuracy with confidence intervals, paired tests; HTML + metrics.json.",
-              **by_model)
+    @model_asset("report", "Alignment and accuracy with confidence intervals, paired tests; HTML + metrics.json.")
     def report(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
         return materialize_model(context, "report", pscb, dvc, report_figures)
 
-    @dg.asset(deps=["report", "models"], check_specs=[checks.GATE_SPEC],
-              description="The promotion decision (promotion.json): the fine-tune registered in MLflow with the "
-              "champion alias only when the evaluation's evidence earned it.", **by_model)
+    @model_asset("promotion", "The promotion decision (promotion.json): the fine-tune registered in MLflow with the "
+                 "champion alias only when the evaluation's evidence earned it.", check_specs=[checks.GATE_SPEC])
     def promotion(context, pscb: PscbParams, dvc: DvcLock) -> dg.MaterializeResult:
         return materialize_model(context, "promotion", pscb, dvc,
                                  more_checks=[lambda params, summary: checks.promotion_gate(summary, params.promote)])

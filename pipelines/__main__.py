@@ -79,6 +79,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
 
 
 def run_stages(args: argparse.Namespace) -> int:
+    from pipelines.core.artifacts import ARTIFACTS
     from pipelines.core.config import load_params
     from pipelines.core.partitions import model_dir, slice_dir
     from pipelines.runner.dispatch import run_stage
@@ -95,10 +96,10 @@ def run_stages(args: argparse.Namespace) -> int:
                   flush=True)
         print(f"[{stage}] {len(results)} partition(s) in {time.perf_counter() - started:.1f}s", flush=True)
     if args.stage in ("all", "score"):
-        print(f"bank: {slice_dir(params, '<dataset>', params.model.name)}/bank.parquet")
+        print(f"bank: {slice_dir(params, '<dataset>', params.model.name) / ARTIFACTS['bank'].path}")
     if args.stage in ("all", "report", "promote"):
-        folder = model_dir(params, params.model.name) / "report"
-        print(f"report: {folder}/report.html  metrics: {folder}/metrics.json  "
+        model, report = model_dir(params, params.model.name), ARTIFACTS["report"]
+        print(f"report: {model / report.path}/report.html  metrics: {model / report.summary}  "
               f"runs: mlflow ui --backend-store-uri {params.mlflow.tracking_uri}")
     return 0
 

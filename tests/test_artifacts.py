@@ -148,3 +148,46 @@ def test_a_partition_being_written_is_refused_to_a_second_writer(tmp_path):
         holder.wait()
     result = checked_run(TASKS, Params(), folder, lambda: {"tasks": len(write_tasks(folder))}, [], rejected)
     assert result.reports[0][1].success  # the killed holder's lock went with it
+
+
+def test_each_stage_reads_and_validates_what_its_artifact_declares(tmp_path, monkeypatch):
+    """The dispatch hands checked_run the artifacts the table says a stage reads: promote reads metrics.json and
+    train_summary.json (which training run to register), so both are validated before it runs."""
+    from pipelines.runner import dispatch
+
+    params = Params(data_dir=str(tmp_path), tasks={"datasets": ["arc_easy", "commonsense_qa"]})
+    model = params.model.name
+    inputs = {}
+    monkeypatch.setattr(dispatch, "checked_run", lambda artifact, params, folder, stage, reads, rejected:
+                        inputs.setdefault(artifact.name, [(a.name, where) for a, where in reads]))
+    for stage in dispatch.STAGES:
+        dispatch.run_stage(stage, params)
+    model_dir, slices = tmp_path / model, [tmp_path / model / "bank" / d for d in ("arc_easy", "commonsense_qa")]
+    assert inputs["promotion"] == [("report", model_dir), ("models", model_dir)]
+    assert inputs["pairs"] == [(name, s) for name in ("bank", "generations") for s in slices]
+    for artifact in ARTIFACTS.values():
+        assert [name for name, _ in inputs[artifact.name]] == [
+            name for name in artifact.reads for _ in (slices if (artifact.scope, ARTIFACTS[name].scope) ==
+                                                       ("model", "slice") else [None])]
+
+
+def test_an_input_is_validated_or_named_missing_before_its_stage_runs(tmp_path):
+    from pipelines.runner.checked import check_input
+
+    models, params = ARTIFACTS["models"], Params(train={"algorithms": ["dpo"]})
+    with pytest.raises(FileNotFoundError, match="run `python -m pipelines train` first"):
+        check_input(models, params, tmp_path)
+    (tmp_path / "models").mkdir()
+    log = [{"loss": 0.69, "step": 1}, {"loss": float("nan"), "step": 2}]
+    (tmp_path / "train_summary.json").write_text(json.dumps({"dpo": {"log_history": log}}))
+    with pytest.raises(ArtifactInvalid, match="suite 'models': dpo: models: 2 rows.*all_finite"):
+        check_input(models, params, tmp_path)
+    log[1]["loss"] = 0.5
+    (tmp_path / "train_summary.json").write_text(json.dumps({"dpo": {"log_history": log}}))
+    assert check_input(models, params, tmp_path)[0][1].success
+
+
+def test_a_files_summary_inside_its_folder_is_written_once():
+    assert ARTIFACTS["report"].files == ("report",) and ARTIFACTS["evaluation"].files == ("evaluation",)
+    assert ARTIFACTS["models"].files == ("models", "train_summary.json")
+    assert ARTIFACTS["promotion"].files == ("promotion.json",)

@@ -78,6 +78,8 @@ def test_dvc_stage_graph_is_the_dagster_asset_graph():
                    for key in graph.get_all_asset_keys() for parent in graph.get(key).parent_keys}
     assert {s for e in stage_edges for s in e} == set(ASSET_STAGES.values())
     assert closure(stage_edges) == closure(asset_edges)
+    for key in graph.get_all_asset_keys():  # an asset's deps are what the table says its stage reads
+        assert {p.to_user_string() for p in graph.get(key).parent_keys} == set(ARTIFACTS[key.to_user_string()].reads)
 
 
 def test_dvc_repro_and_the_main_job_through_dagster_build_the_same_bytes_in_two_clones(clone, tmp_path, instance):
@@ -225,21 +227,48 @@ def test_every_params_key_dvc_yaml_lists_is_written_in_params_yaml():
     assert {(name, key) for name, key in listed if not present(key)} == set()
 
 
+def dvc_path(artifact, name: str) -> str:
+    """A file of `artifact` (relative to its partition's folder) as dvc.yaml names it."""
+    return "data/${model.name}/" + ("bank/${item}/" if artifact.scope == "slice" else "") + name
+
+
+def inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + "/")
+
+
 def test_dvc_outputs_are_the_declared_artifact_files():
     """dvc.yaml's outs, metrics and plots of a stage are the files pipelines/core/artifacts.py declares for it."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for artifact in ARTIFACTS.values():
         body = stages[artifact.stage].get("do", stages[artifact.stage])
-        folder = "data/${model.name}/" + ("bank/${item}/" if artifact.scope == "slice" else "")
         written = {next(iter(o)) if isinstance(o, dict) else o
                    for key in ("outs", "metrics", "plots") for o in body.get(key, [])}
-        declared = {folder + name for name in artifact.files}
+        declared = {dvc_path(artifact, name) for name in artifact.files}
+        assert all(any(inside(w, d) for d in declared) for w in written), (artifact.stage, written - declared)
+        assert all(any(inside(w, d) for w in written) for d in declared), (artifact.stage, declared)
+        if artifact.summary:  # the summary is a DVC metric, or lies in an out
+            assert any(inside(dvc_path(artifact, artifact.summary), w) for w in written), artifact.stage
 
-        def inside(path: str, folders: set[str]) -> bool:
-            return any(path == f or path.startswith(f + "/") for f in folders)
 
-        assert all(inside(w, declared) for w in written), (artifact.stage, written - declared)
-        assert all(any(inside(w, {d}) for w in written) for d in declared), (artifact.stage, declared)
+def test_dvc_data_deps_are_the_artifacts_the_table_says_each_stage_reads():
+    """A stage's data deps in dvc.yaml are files of the artifacts its entry in pipelines/core/artifacts.py
+    reads, and each of those artifacts is among them: the table is where a stage's inputs are declared (the
+    runner validates them, the Dagster assets depend on them). A model's stage may depend on a folder that
+    holds them, such as the bank folder of every slice."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for artifact in ARTIFACTS.values():
+        body = stages[artifact.stage].get("do", stages[artifact.stage])
+        deps = [d for d in body["deps"] if d.startswith("data/")]
+        reads = {name: [dvc_path(ARTIFACTS[name], f) for f in (ARTIFACTS[name].path, ARTIFACTS[name].summary) if f]
+                 for name in artifact.reads}
+
+        def related(dep: str, files: list[str]) -> bool:
+            return any(inside(f, dep) or inside(dep, f) for f in files)
+
+        unread = [d for d in deps if not any(related(d, files) for files in reads.values())]
+        assert not unread, f"{artifact.stage} depends on {unread}, which no artifact it reads holds: add it to reads"
+        missing = [name for name, files in reads.items() if not any(related(d, files) for d in deps)]
+        assert not missing, f"{artifact.stage} reads {missing}, which dvc.yaml's deps lack"
 
 
 def test_a_corrupted_record_stops_every_entry_point_at_the_same_check(clone, instance, monkeypatch):

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import Params
 from pipelines.core.partitions import for_slice, slice_dir
 from pipelines.core.records import read_records
@@ -68,14 +69,14 @@ def test_members_are_every_nth_block_and_cover_the_list_once():
     assert sorted(x for i in range(3) for x in members(items, (i, 3))) == items
     assert members(items, (0, 1), block=4) == items
     with pytest.raises(ValueError, match="0 <= i < n"):
-        files(Path("x"), "generations", (2, 2))
+        files(Path("x"), ARTIFACTS["generations"], (2, 2))
 
 
 def test_two_shards_merge_to_the_bytes_one_process_writes(tmp_path, tiny_model_dir, one_process):
     params, folder = fresh_slice(tmp_path, tiny_model_dir, one_process, "tasks.jsonl")
     made = [run_bank_shard("generate", params, DATASET, MODEL, (i, 2)) for i in range(2)]
     assert [m["new"] for m in made] == [3, 2]
-    shard_ids = [ids(files(folder, "generations", (i, 2))[0]) for i in range(2)]
+    shard_ids = [ids(files(folder, ARTIFACTS["generations"], (i, 2))[0]) for i in range(2)]
     assert not set(shard_ids[0]) & set(shard_ids[1]) and not (folder / "generations.jsonl").exists()
     merged = merge_bank_shards("generate", params, DATASET, MODEL, 2)
     assert merged.summary["new"] == 5 and merged.reports[0][1].success
@@ -99,7 +100,7 @@ def test_a_killed_shard_resumes_only_its_own_missing_records(tmp_path, tiny_mode
                                  "generations_summary.json")
     with pytest.raises(RuntimeError, match="injected failure"):
         attribute.run(for_slice(params, DATASET, MODEL), folder, fail_after=2, shard=(0, 2))  # killed after 2 of its 5 records
-    killed = files(folder, "attributions", (0, 2))[0]
+    killed = files(folder, ARTIFACTS["attributions"], (0, 2))[0]
     with open(killed, "a") as handle:  # a kill in the middle of a write leaves a torn line
         handle.write('{"id": "arc_challenge/x/li')
     first = list(read_records(killed))
@@ -140,7 +141,7 @@ def test_a_shard_being_written_is_refused_to_a_second_writer_and_to_the_merge(tm
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(PartitionBusy, match=f"shard 0 of 2 .* being written by process {holder.pid}"):
             run_bank_shard("generate", params, DATASET, MODEL, (0, 2))
-        assert not files(folder, "generations", (0, 2))[0].exists()  # refused before it wrote anything
+        assert not files(folder, ARTIFACTS["generations"], (0, 2))[0].exists()  # refused before it wrote anything
         assert run_bank_shard("generate", params, DATASET, MODEL, (1, 2))["new"] == 2  # another shard runs
         with pytest.raises(PartitionBusy, match=f"being written by process {holder.pid}"):
             merge_bank_shards("generate", params, DATASET, MODEL, 2)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipelines.core.artifacts import Artifact
 from pipelines.core.provenance import made_otherwise, recorded_fingerprint
 from pipelines.core.records import existing_ids, repair_tail, torn_tail
 
@@ -28,15 +29,15 @@ T = TypeVar("T")
 FOLDER = "shards"
 
 
-def files(folder: Path, stem: str, shard: tuple[int, int]) -> tuple[Path, Path]:
-    """The records file and the summary that shard (i, n) of the artifact `stem` of `folder` writes: the slice's
-    own two for n = 1."""
+def files(folder: Path, artifact: Artifact, shard: tuple[int, int]) -> tuple[Path, Path]:
+    """The records file and the summary that shard (i, n) of `artifact` in the slice `folder` writes: the
+    slice's own two (the artifact's path and summary) for n = 1."""
     index, count = shard
     if not 0 <= index < count:
         raise ValueError(f"shard {index} of {count}: a shard is (i, n) with 0 <= i < n")
     if count == 1:
-        return folder / f"{stem}.jsonl", folder / f"{stem}_summary.json"
-    name = f"{stem}-{index}-of-{count}"
+        return folder / artifact.path, folder / artifact.summary
+    name = f"{artifact.name}-{index}-of-{count}"
     return folder / FOLDER / f"{name}.jsonl", folder / FOLDER / f"{name}_summary.json"
 
 

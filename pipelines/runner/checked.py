@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.artifacts import Artifact
+from pipelines.core.artifacts import ARTIFACTS, Artifact
 from pipelines.core.config import Params
 from pipelines.core.provenance import method_settings, record_settings
 from pipelines.core.records import read_records, torn_tail
@@ -64,7 +64,7 @@ class ArtifactInvalid(ValueError):
     def __init__(self, artifact: Artifact, where: Path, reports: list[tuple[str, QualityReport]]):
         self.artifact, self.where, self.reports = artifact, where, reports
         failed = "; ".join(f"{part}: {report.summary()}" for part, report in reports if not report.success)
-        super().__init__(f"{where / artifact.files[0]} failed its Great Expectations suite '{artifact.suite}': "
+        super().__init__(f"{where / artifact.path} failed its Great Expectations suite '{artifact.suite}': "
                          f"{failed}")
 
 
@@ -91,21 +91,21 @@ def parts(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, A
                                                   for m in params.attribute.methods}},
                     "generations": {"n_explanations": params.generate.n_explanations,
                                     "settings": record_settings("generate", params.generate, params.seed)}}[name]
-        return [(folder.name, read_records(folder / artifact.files[0]), expected)]
+        return [(folder.name, read_records(folder / artifact.path), expected)]
     if name == "bank":
-        return [(folder.name, BankTables(folder / "bank.parquet"), {})]
+        return [(folder.name, BankTables(folder / artifact.path), {})]
     if name == "pairs":
-        rows = (r for f in sorted((folder / "pairs").glob("*.jsonl")) for r in read_records(f))
+        rows = (r for f in sorted((folder / artifact.path).glob("*.jsonl")) for r in read_records(f))
         return [("pairs", rows, {"min_margin": params.pair.min_margin, "keep_ties": params.pair.keep_ties})]
     if name == "models":
-        summary = json.loads((folder / "train_summary.json").read_text())
+        summary = json.loads((folder / artifact.summary).read_text())  # each fine-tune's TRL log
         return [(a, summary[a]["log_history"], {}) for a in params.train.algorithms]
-    if name == "evaluation":
-        return [(model, BankTables(folder / "evaluation" / model / "bank.parquet"), {})
+    if name == "evaluation":  # a bank per evaluated model
+        return [(model, BankTables(folder / artifact.path / model / ARTIFACTS["bank"].path), {})
                 for model in params.evaluate.models]
     from pipelines.stages.report import metric_rows
 
-    return [("report", metric_rows(json.loads((folder / "report" / "metrics.json").read_text())), {})]
+    return [("report", metric_rows(json.loads((folder / artifact.summary).read_text())), {})]
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,13 @@ def check(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, Q
     return reports
 
 
+def check_input(artifact: Artifact, params: Params, folder: Path) -> list[tuple[str, QualityReport]]:
+    """`check` on an artifact a stage reads; a missing one says which stage to run first."""
+    if not (folder / artifact.path).exists():
+        raise FileNotFoundError(f"{folder / artifact.path} not found: run `python -m pipelines {artifact.stage}` first")
+    return check(artifact, params, folder)
+
+
 @dataclass
 class StageResult:
     summary: dict[str, Any]
@@ -179,7 +186,7 @@ class Previous:
             path = folder / name
             if not path.exists():
                 continue
-            if name in artifact.appended:
+            if artifact.appended and name == artifact.path:
                 tail = torn_tail(path)  # a torn last line, which the Appender will cut
                 self.appended[name] = (path.stat().st_size - len(tail), tail, path.stat().st_ino)
                 continue
@@ -233,9 +240,9 @@ def checked_run(artifact: Artifact, params: Params, folder: Path, stage: Callabl
 
     `folder` is the partition's folder, `inputs` the (artifact, folder) pairs the stage reads, `rejected`
     where a failed output goes (outside every DVC output and dependency)."""
-    with exclusive(rejected / ".locks" / f"{artifact.name}.lock", f"{folder / artifact.files[0]}"):
+    with exclusive(rejected / ".locks" / f"{artifact.name}.lock", f"{folder / artifact.path}"):
         for upstream, where in inputs:
-            check(upstream, params, where)
+            check_input(upstream, params, where)
         previous = Previous(artifact, folder, rejected / ".previous" / artifact.name)
         try:
             summary = stage()  # a crash leaves its partial output in place: the stages resume from it

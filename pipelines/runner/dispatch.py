@@ -26,7 +26,7 @@ from pipelines.core.partitions import (
     rejected_dir,
     slice_dir,
 )
-from pipelines.runner.checked import StageResult, check, checked_run, exclusive
+from pipelines.runner.checked import StageResult, check_input, checked_run, exclusive
 
 BANK_STAGES = tuple(a.stage for a in ARTIFACTS.values() if a.scope == "slice")
 MODEL_STAGES = tuple(a.stage for a in ARTIFACTS.values() if a.scope == "model")
@@ -78,9 +78,9 @@ def run_bank_shard(stage: str, params: Params, dataset: str, model: str, shard: 
     shard's own lock: into shards/<artifact>-<i>-of-<n>.jsonl. `merge_bank_shards` makes the slice's files."""
     artifact, folder = BY_STAGE[stage], slice_dir(params, dataset, model)
     with exclusive(shard_lock(params, dataset, model, stage, shard), f"shard {shard[0]} of {shard[1]} of "
-                   f"{folder / artifact.files[0]}"):
+                   f"{folder / artifact.path}"):
         for name in artifact.reads:
-            check(ARTIFACTS[name], params, folder)
+            check_input(ARTIFACTS[name], params, folder)
         return _stage_functions()[stage](for_slice(params, dataset, model), folder, shard=shard)
 
 
@@ -94,11 +94,11 @@ def merge_bank_shards(stage: str, params: Params, dataset: str, model: str, coun
     with contextlib.ExitStack() as locks:
         for index in range(count):
             locks.enter_context(exclusive(shard_lock(params, dataset, model, stage, (index, count)),
-                                          f"shard {index} of {count} of {folder / artifact.files[0]}"))
+                                          f"shard {index} of {count} of {folder / artifact.path}"))
         result = checked_run(artifact, params, folder, lambda: _merge_functions()[stage](own, folder, count), inputs,
                              rejected_dir(params, model) / "bank" / dataset)
         for index in range(count):
-            for path in shards.files(folder, Path(artifact.files[0]).stem, (index, count)):
+            for path in shards.files(folder, artifact, (index, count)):
                 path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # only when empty: another shard count's files stay
             (folder / shards.FOLDER).rmdir()

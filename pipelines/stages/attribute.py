@@ -30,6 +30,7 @@ from pipelines.attribution.engine import (
 )
 from pipelines.attribution.layout import record_sequences
 from pipelines.core import provenance, shards
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import AttributeParams, Params
 from pipelines.core.prompts import decision_conversation, explanation_conversation
 from pipelines.core.records import (
@@ -45,6 +46,7 @@ from pipelines.core.seeds import derive_seed
 from pipelines.core.vocabulary import COUNTERFACTUAL, MISMATCHED
 
 log = logging.getLogger(__name__)
+GENERATIONS, ATTRIBUTIONS = ARTIFACTS["generations"], ARTIFACTS["attributions"]  # read, written: core/artifacts.py
 
 
 
@@ -108,15 +110,15 @@ def run(params: Params, folder: Path, fail_after: int | None = None, shard: tupl
 
     from pipelines.stages.models import load_model
 
-    source = folder / "generations.jsonl"
-    out, summary_path = shards.files(folder, "attributions", shard)
-    generations = [Generation.from_dict(row) for row in read_stage_input(source, "generate")]
+    source = folder / GENERATIONS.path
+    out, summary_path = shards.files(folder, ATTRIBUTIONS, shard)
+    generations = [Generation.from_dict(row) for row in read_stage_input(source, GENERATIONS.stage)]
     current = _fingerprint(params, source)
     restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, out.parent),
                                              lambda rows: legacy_changes(rows, params))
     done = existing_ids(out)
     if shard[1] > 1:
-        done |= shards.done_in_slice(folder / "attributions.jsonl", folder / "attributions_summary.json", current,
+        done |= shards.done_in_slice(*shards.files(folder, ATTRIBUTIONS, (0, 1)), current,
                                      lambda rows: legacy_changes(rows, params))
     methods = params.attribute.methods  # their order is the records' order
     mine = shards.members([(g, m) for g in generations for m in methods], shard)
@@ -145,15 +147,15 @@ def run(params: Params, folder: Path, fail_after: int | None = None, shard: tupl
 def merge(params: Params, folder: Path, count: int) -> dict[str, Any]:
     """Append the attributions of shards 0..count-1 that attributions.jsonl lacks, in the order of the
     generations and of `attribute.methods`."""
-    source, out, summary_path = (folder / "generations.jsonl", folder / "attributions.jsonl",
-                                 folder / "attributions_summary.json")
-    order = [f"{row['id']}/{m}" for row in read_stage_input(source, "generate") for m in params.attribute.methods]
+    source, (out, summary_path) = folder / GENERATIONS.path, shards.files(folder, ATTRIBUTIONS, (0, 1))
+    order = [f"{row['id']}/{m}" for row in read_stage_input(source, GENERATIONS.stage)
+             for m in params.attribute.methods]
     current = _fingerprint(params, source)
     restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, folder),
                                              lambda rows: legacy_changes(rows, params))
     started = time.perf_counter()
     provenance.claim(summary_path, current)
-    parts = [shards.files(folder, "attributions", (i, count)) for i in range(count)]
+    parts = [shards.files(folder, ATTRIBUTIONS, (i, count)) for i in range(count)]
     new = shards.merge(out, order, parts, current)
     made = [json.loads(summary.read_text()) if summary.exists() else {} for _, summary in parts]
     summary = {**_summary(out, new, current, restarted, time.perf_counter() - started),
@@ -169,7 +171,7 @@ def _fingerprint(params: Params, source: Path) -> dict[str, Any]:
     methods = params.attribute.methods
     return provenance.fingerprint({"attribute": {"methods": list(methods), **{
                                        m: provenance.method_settings(params.attribute, params.seed, m) for m in methods}},
-                                   "model": model_fingerprint(params.model)}, {"generations.jsonl": source})
+                                   "model": model_fingerprint(params.model)}, {GENERATIONS.path: source})
 
 
 def _summary(out: Path, new: int, current: dict[str, Any], restarted: list[str], seconds: float) -> dict[str, Any]:

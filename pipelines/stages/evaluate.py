@@ -17,12 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.analysis.movement import changed_outputs
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import Params, evaluation_datasets
 from pipelines.core.records import Task, read_records, write_json, write_records
 from pipelines.core.tracking import run_exists, use_experiment
 from pipelines.core.vocabulary import OWN, TEST
 from pipelines.stages import attribute, generate, score
 from pipelines.stages.tasks import build_tasks, load_rows
+
+# what it reads (the fine-tunes) and writes (evaluation/<model>/: a bank slice's tasks, generations, attributions,
+# bank per evaluated model): pipelines/core/artifacts.py
+TASKS, GENERATIONS, BANK, MODELS, EVALUATION = (ARTIFACTS[n] for n in ("tasks", "generations", "bank", "models",
+                                                                     "evaluation"))
 
 
 def evaluation_tasks(params: Params) -> list[Task]:
@@ -38,9 +44,9 @@ def evaluation_tasks(params: Params) -> list[Task]:
 
 def model_params(params: Params, data: Path, name: str) -> Params:
     """The params of one evaluated model: the base model plus its adapter (from the model folder `data`)."""
-    adapter = None if name == "base" else data / "models" / name / "adapter"
+    adapter = None if name == "base" else data / MODELS.path / name / "adapter"
     if adapter is not None and not (adapter / "adapter_model.safetensors").exists():
-        raise FileNotFoundError(f"adapter {adapter} not found: run `python -m pipelines train` first "
+        raise FileNotFoundError(f"adapter {adapter} not found: run `python -m pipelines {MODELS.stage}` first "
                                 f"(with '{name}' in train.algorithms)")
     return params.model_copy(update={
         "model": params.model.model_copy(update={"adapter": str(adapter) if adapter else None})})
@@ -54,7 +60,7 @@ def log_evaluation(params: Params, data: Path, name: str, own: Params, summary: 
         mlflow.set_tags({"model": name, "stage": "evaluate"})
         mlflow.log_params({"adapter": own.model.adapter, "tasks_per_dataset": params.evaluate.tasks_per_dataset,
                            "attribute_methods": ",".join(params.attribute.methods), "seed": params.seed})
-        train_summary = data / "train_summary.json"
+        train_summary = data / MODELS.summary
         if name != "base" and train_summary.exists():
             mlflow.set_tag("training_run_id", json.loads(train_summary.read_text())[name]["mlflow_run_id"])
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
@@ -64,30 +70,30 @@ def log_evaluation(params: Params, data: Path, name: str, own: Params, summary: 
 def run(params: Params, data: Path) -> dict[str, Any]:
     """Each evaluated model regenerates, attributes and scores the held-out tasks in data/evaluation/<name>/."""
     tasks = evaluation_tasks(params)
-    summary_path = data / "evaluation" / "evaluate_summary.json"
+    summary_path = data / EVALUATION.summary
     previous = json.loads(summary_path.read_text()).get("models", {}) if summary_path.exists() else {}
     summary: dict[str, Any] = {"tasks": len(tasks), "datasets": evaluation_datasets(params), "models": {}}
     for name in params.evaluate.models:
-        own, folder = model_params(params, data, name), data / "evaluation" / name
-        write_records(folder / "tasks.jsonl", tasks)
+        own, folder = model_params(params, data, name), data / EVALUATION.path / name  # a bank slice's files
+        write_records(folder / TASKS.path, tasks)
         generated = generate.run(own, folder)
         attribute.run(own, folder)
         score.run(own, folder)
-        bank = score.read_scores(folder / "bank.parquet", ["kind", "spearman", "cosine"])
+        bank = score.read_scores(folder / BANK.path, ["kind", "spearman", "cosine"])
         bank = bank[bank["kind"] == OWN]
         metrics = {"accuracy": generated["accuracy"], "decisions": generated["generations"],
                    **{f"mean_{m}": float(bank[m].mean()) for m in ("spearman", "cosine") if m in bank}}
-        base_generations = data / "evaluation" / "base" / "generations.jsonl"
+        base_generations = data / EVALUATION.path / "base" / GENERATIONS.path
         if name != "base" and base_generations.exists():
             changed = changed_outputs(list(read_records(base_generations)),
-                                      list(read_records(folder / "generations.jsonl")))
+                                      list(read_records(folder / GENERATIONS.path)))
             metrics.update({f"changed_{k}": v for k, v in changed.items() if k.endswith("_changed")})
         earlier = previous.get(name) or {}
         same = _same({k: v for k, v in earlier.items() if k not in ("bank", "mlflow_run_id")}, metrics)
         # the same generations, attributions and scores as the run that logged them: no duplicate MLflow run
         metrics["mlflow_run_id"] = earlier["mlflow_run_id"] if same and run_exists(
             params.mlflow.tracking_uri, earlier.get("mlflow_run_id")) else log_evaluation(params, data, name, own, metrics)
-        summary["models"][name] = {"bank": str(folder / "bank.parquet"), **metrics}
+        summary["models"][name] = {"bank": str(folder / BANK.path), **metrics}
     write_json(summary_path, summary)
     return summary
 

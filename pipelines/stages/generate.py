@@ -17,6 +17,7 @@ from typing import Any
 
 from pipelines.attribution.layout import chat_ids
 from pipelines.core import provenance, shards
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import GenerateParams, Params
 from pipelines.core.prompts import (
     decision_conversation,
@@ -36,6 +37,7 @@ from pipelines.core.records import (
 from pipelines.core.seeds import derive_seed
 
 log = logging.getLogger(__name__)
+TASKS, GENERATIONS = ARTIFACTS["tasks"], ARTIFACTS["generations"]  # what it reads and writes: core/artifacts.py
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:
@@ -180,15 +182,15 @@ def run(params: Params, folder: Path, shard: tuple[int, int] = (0, 1)) -> dict[s
 
     from pipelines.stages.models import load_model
 
-    source = folder / "tasks.jsonl"
-    out, summary_path = shards.files(folder, "generations", shard)
-    tasks = [Task.from_dict(row) for row in read_stage_input(source, "tasks")]
+    source = folder / TASKS.path
+    out, summary_path = shards.files(folder, GENERATIONS, shard)
+    tasks = [Task.from_dict(row) for row in read_stage_input(source, TASKS.stage)]
     current = _fingerprint(params, source)
     restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, out.parent),
                                              lambda rows: legacy_changes(rows, params, current))
     done = existing_ids(out)
     if shard[1] > 1:
-        done |= shards.done_in_slice(folder / "generations.jsonl", folder / "generations_summary.json", current,
+        done |= shards.done_in_slice(*shards.files(folder, GENERATIONS, (0, 1)), current,
                                      lambda rows: legacy_changes(rows, params, current))
     mine = shards.members(tasks, shard, params.generate.tasks_per_chunk)
     todo = [t for t in mine if t.id not in done]
@@ -211,14 +213,14 @@ def run(params: Params, folder: Path, shard: tuple[int, int] = (0, 1)) -> dict[s
 
 def merge(params: Params, folder: Path, count: int) -> dict[str, Any]:
     """Append the generations of shards 0..count-1 that generations.jsonl lacks, in task order."""
-    source, out, summary_path = folder / "tasks.jsonl", folder / "generations.jsonl", folder / "generations_summary.json"
-    order = [row["id"] for row in read_stage_input(source, "tasks")]
+    source, (out, summary_path) = folder / TASKS.path, shards.files(folder, GENERATIONS, (0, 1))
+    order = [row["id"] for row in read_stage_input(source, TASKS.stage)]
     current = _fingerprint(params, source)
     restarted = provenance.resume_or_restart(out, summary_path, current, provenance.stale_place(params, folder),
                                              lambda rows: legacy_changes(rows, params, current))
     started = time.perf_counter()
     provenance.claim(summary_path, current)
-    parts = [shards.files(folder, "generations", (i, count)) for i in range(count)]
+    parts = [shards.files(folder, GENERATIONS, (i, count)) for i in range(count)]
     new = shards.merge(out, order, parts, current)
     summary = {**_summary(out, new, current, restarted, time.perf_counter() - started),
                "shards": {"count": count, "seconds": [_seconds(made) for _, made in parts]}}
@@ -230,7 +232,7 @@ def _fingerprint(params: Params, source: Path) -> dict[str, Any]:
     from pipelines.stages.models import model_fingerprint
 
     return provenance.fingerprint({"generate": provenance.record_settings("generate", params.generate, params.seed),
-                                   "model": model_fingerprint(params.model)}, {"tasks.jsonl": source})
+                                   "model": model_fingerprint(params.model)}, {TASKS.path: source})
 
 
 def _summary(out: Path, new: int, current: dict[str, Any], restarted: list[str], seconds: float) -> dict[str, Any]:

@@ -22,10 +22,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import PairParams, Params
 from pipelines.core.prompts import explanation_conversation
 from pipelines.core.records import Task, read_records, sha256, write_json
 from pipelines.core.vocabulary import EVAL, OWN, PAIR_SPLITS, TRAIN
+
+GENERATIONS, BANK, PAIRS = (ARTIFACTS[n] for n in ("generations", "bank", "pairs"))  # read, read, written
 
 
 def choose(scores: list[tuple[int, float, str]], params: PairParams) -> tuple[int, int] | str:
@@ -112,9 +115,9 @@ def read_bank(slices: list[Path], method: str, metric: str | None) -> Bank:
     generations: dict[str, dict[str, Any]] = {}
     rows = 0
     for folder in slices:
-        bank_path = folder / "bank.parquet"
+        bank_path = folder / BANK.path
         if not bank_path.exists():
-            raise FileNotFoundError(f"{bank_path} not found: run `python -m pipelines score` first")
+            raise FileNotFoundError(f"{bank_path} not found: run `python -m pipelines {BANK.stage}` first")
         file = pq.ParquetFile(bank_path)
         rows += file.metadata.num_rows
         if not file.metadata.num_rows:
@@ -133,7 +136,7 @@ def read_bank(slices: list[Path], method: str, metric: str | None) -> Bank:
                 decisions.setdefault(generation_id, []).append((index, score, text))
         wanted = set(decisions)
         generations.update({g["id"]: {k: g[k] for k in ("task", "decision", "correct", "model")}
-                            for g in read_records(_stage_input(folder / "generations.jsonl", "generate"))
+                            for g in read_records(_stage_input(folder / GENERATIONS.path, GENERATIONS.stage))
                             if g["id"] in wanted})
     return Bank(decisions, methods, generations, rows)
 
@@ -172,13 +175,13 @@ def run(params: Params, folder: Path, slices: list[Path] | None = None) -> dict[
     bank = read_bank(slices if slices is not None else [data], method,
                      None if params.pair.preference == "shorter" else params.pair.metric)
     if not bank.rows:
-        where = " + ".join(str(folder / "bank.parquet") for folder in (slices or [data]))
+        where = " + ".join(str(folder / BANK.path) for folder in (slices or [data]))
         raise ValueError(f"{where} is empty: run tasks, generate, attribute and score on some tasks first")
     if method not in bank.methods:
         raise ValueError(f"the bank has no '{method}' attributions: add it to attribute.methods and rerun "
                          "attribute and score, or set pair.method")
     dropped: Counter = Counter()
-    writer, margins, tasks = _SplitWriter(data / "pairs"), [], {split: set() for split in PAIR_SPLITS}
+    writer, margins, tasks = _SplitWriter(data / PAIRS.path), [], {split: set() for split in PAIR_SPLITS}
     try:
         for pair in _decision_pairs(bank.decisions.items(), bank.generations, method, params.pair, dropped):
             writer.write(pair)
@@ -191,10 +194,10 @@ def run(params: Params, folder: Path, slices: list[Path] | None = None) -> dict[
     writer.close(keep=True)
     summary: dict[str, Any] = {"method": method, "metric": params.pair.metric, "dropped": dict(dropped)}
     for split in PAIR_SPLITS:
-        path = data / "pairs" / f"{split}.jsonl"
+        path = data / PAIRS.path / f"{split}.jsonl"
         summary[split] = {"pairs": writer.counts[split], "path": str(path), "sha256": sha256(path)}
     summary["mean_margin"] = sum(margins) / len(margins) if margins else None
-    write_json(data / "pairs_summary.json", summary)
+    write_json(data / PAIRS.summary, summary)
     if not summary[TRAIN]["pairs"]:
         raise ValueError(f"no usable training pairs ({dict(dropped)}): build the bank on more train-split tasks "
                          "or with more explanations, or relax pair.min_margin / pair.keep_ties")

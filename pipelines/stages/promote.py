@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.analysis.gate import Gate, gate
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import Params
 from pipelines.core.records import write_json
 from pipelines.core.tracking import use_experiment
+
+# what it reads (metrics.json, each fine-tune's training run) and writes: pipelines/core/artifacts.py
+REPORT, MODELS, PROMOTION = (ARTIFACTS[n] for n in ("report", "models", "promotion"))
 
 
 def registered_name(params: Params) -> str:
@@ -54,8 +58,8 @@ def register(params: Params, training_run_id: str, decision: Gate) -> dict[str, 
 
 def run(params: Params, folder: Path) -> dict[str, Any]:
     data = folder
-    metrics_path, train_path = data / "report" / "metrics.json", data / "train_summary.json"
-    for path, stage in ((metrics_path, "report"), (train_path, "train")):
+    metrics_path, train_path = data / REPORT.summary, data / MODELS.summary
+    for path, stage in ((metrics_path, REPORT.stage), (train_path, MODELS.stage)):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: run `python -m pipelines {stage}` first")
     decision = gate(json.loads(metrics_path.read_text()), params.promote)
@@ -63,5 +67,5 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
     if decision.passed:
         training_run = json.loads(train_path.read_text())[params.promote.candidate]["mlflow_run_id"]
         summary.update(register(params, training_run, decision), promoted=True)
-    write_json(data / "promotion.json", summary)
+    write_json(data / PROMOTION.path, summary)
     return summary

@@ -40,11 +40,14 @@ from pipelines.analysis.stats import (
     paired_difference,
     paired_power,
 )
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import Params, PromoteParams, evaluation_datasets
 from pipelines.core.records import write_json
 from pipelines.core.vocabulary import OWN
 from pipelines.stages.score import read_scores, sample_warnings
 
+# what it reads (each evaluated model's bank, the fine-tunes' summary) and writes: pipelines/core/artifacts.py
+BANK, MODELS, EVALUATION, REPORT = (ARTIFACTS[n] for n in ("bank", "models", "evaluation", "report"))
 METRICS = ("spearman", "cosine")
 # the evaluation banks' columns the report reads (with the score metrics)
 REPORT_COLUMNS = ["generation_id", "task_id", "dataset", "method", "kind", "correct", "n_features", "n_samples", "masks"]
@@ -516,19 +519,19 @@ def token_heatmaps(source: Path, method: str, picks: list[tuple[str, str]]) -> l
     out = []
     for model in dict.fromkeys(name for name, _ in picks):
         ids = [gid for name, gid in picks if name == model]
-        rows = decision_rows(source / model / "bank.parquet", method, ids)
+        rows = decision_rows(source / model / BANK.path, method, ids)
         out += [heatmap(model, rows[rows["generation_id"] == gid]) for gid in ids]
     return out
 
 
 def run(params: Params, folder: Path) -> dict[str, Any]:
-    source, model_folder, folder = folder / "evaluation", folder, folder / "report"
+    source, model_folder, folder = folder / EVALUATION.path, folder, folder / REPORT.path
     method = params.pair.method or params.attribute.methods[0]
     tables, trust, candidates = {}, {}, {}
     for name in params.evaluate.models:
-        path = source / name / "bank.parquet"
+        path = source / name / BANK.path
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found: run `python -m pipelines evaluate` first")
+            raise FileNotFoundError(f"{path} not found: run `python -m pipelines {EVALUATION.stage}` first")
         bank = read_scores(path, columns=REPORT_COLUMNS + [*METRICS, *params.score.metrics])  # never the vectors
         tables[name] = per_decision(bank, method)
         candidates[name] = scored_decisions(bank, method)
@@ -536,21 +539,21 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
         trust[name] = {"warnings": sample_warnings(rows[rows["kind"] == OWN], method),
                        **control_summary(rows, params.score.metrics, params.evaluate.bootstrap_samples, params.seed)}
     metrics = build_metrics(params, tables) | {"trust": trust, "movement": movement(params, model_folder)}
-    write_json(folder / "metrics.json", metrics)
+    write_json(model_folder / REPORT.summary, metrics)
     write_plot_table(folder / "alignment.csv", metrics)
     # the gate's decision is shown before promote takes it: the same rule on the same metrics.json
     gate = promotion_gate(metrics, params.promote)
     heatmaps = token_heatmaps(source, method, pick_decisions(candidates, params.seed))
     (folder / "report.html").write_text(render(metrics, figures(tables, metrics), gate, heatmaps, params.seed))
-    return {"report": str(folder / "report.html"), "metrics": str(folder / "metrics.json")}
+    return {"report": str(folder / "report.html"), "metrics": str(model_folder / REPORT.summary)}
 
 
 def movement(params: Params, data: Path) -> dict[str, Any]:
     """Per fine-tune: did the policy move? Held-out reward accuracy (binomial test), margin, log-probability
     shifts and KL from training; the share of outputs that changed at evaluation. `moved` needs both a
     reward accuracy above chance at evaluate.alpha and at least one changed explanation."""
-    trained = json.loads((data / "train_summary.json").read_text()) if (data / "train_summary.json").exists() else {}
-    evaluated = data / "evaluation" / "evaluate_summary.json"
+    trained = json.loads((data / MODELS.summary).read_text()) if (data / MODELS.summary).exists() else {}
+    evaluated = data / EVALUATION.summary
     models = json.loads(evaluated.read_text())["models"] if evaluated.exists() else {}
     out = {}
     for name in params.evaluate.models:

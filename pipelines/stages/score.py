@@ -30,6 +30,7 @@ import numpy as np
 
 from pipelines.analysis.controls import control_summary
 from pipelines.analysis.metrics import align_by_string, metric_rows
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.catalog import SAMPLING_METHODS
 from pipelines.core.config import Params
 from pipelines.core.records import read_records, write_json
@@ -41,6 +42,7 @@ from pipelines.synthetic.world import SYNTHETIC_DATASET, label_explanation
 # seeds at up to ~2 samples per feature (score ICC <= 0.31, the chosen explanation kept no more often
 # than chance); no tested level was stable. Until a larger study finds the level, warn below the paper's
 # 500 samples for ~50 features, where an earlier probe put seed-to-seed vector agreement at 0.57.
+GENERATIONS, ATTRIBUTIONS, BANK = (ARTIFACTS[n] for n in ("generations", "attributions", "bank"))  # core/artifacts.py
 STABLE_SAMPLES_PER_FEATURE = {"lime": 10, "kernel_shap": 10}
 
 CHUNK_ROWS = 32768  # bank rows scored and written at a time: one row group of bank.parquet
@@ -413,7 +415,7 @@ def read_scores(path: Path, columns: list[str] | None = None):
 def read_decisions(path: Path) -> dict[str, Decision]:
     """The slim index of generations.jsonl: what each decision's bank rows take from it."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `python -m pipelines generate` first")
+        raise FileNotFoundError(f"{path} not found: run `python -m pipelines {GENERATIONS.stage}` first")
     return {row["id"]: Decision.of(row) for row in read_records(path)}
 
 
@@ -421,13 +423,13 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
     import pandas as pd
 
     data = folder
-    attributions_path, generations_path = data / "attributions.jsonl", data / "generations.jsonl"
+    attributions_path, generations_path = data / ATTRIBUTIONS.path, data / GENERATIONS.path
     started = time.perf_counter()
     if not attributions_path.exists():
-        raise FileNotFoundError(f"{attributions_path} not found: run `python -m pipelines attribute` first")
+        raise FileNotFoundError(f"{attributions_path} not found: run `python -m pipelines {ATTRIBUTIONS.stage}` first")
     decisions = read_decisions(generations_path)
     metrics, top_k = params.score.metrics, params.score.top_k
-    out = data / "bank.parquet"
+    out = data / BANK.path
     partial = out.with_name(out.name + ".partial")
     writer, summaries, rows = BankWriter(partial), [], 0
     chunk = Chunk(metrics, top_k)
@@ -461,5 +463,5 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
     summary = {"path": str(out), "rows": rows, "seconds": None,
                "methods": summarize(table, metrics, params.score.bootstrap_samples, params.seed) if rows else {}}
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    write_json(data / "score_summary.json", summary)
+    write_json(data / BANK.summary, summary)
     return summary

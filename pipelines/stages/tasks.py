@@ -20,11 +20,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import Params, SyntheticParams, TasksParams
 from pipelines.core.records import Choice, Task, sha256, write_json, write_records
 from pipelines.core.vocabulary import EVAL, SPLITS, TEST, TRAIN
 
 log = logging.getLogger(__name__)
+TASKS = ARTIFACTS["tasks"]  # what this stage writes: pipelines/core/artifacts.py
 
 LETTERS = "ABCDEFGHIJ"
 HUB_IDS = {  # dataset -> (hub id, config, {our split name: hub split name})
@@ -309,7 +311,7 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
     if len(set(ids)) != len(ids):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ValueError(f"duplicate task ids {duplicates}: fix the source or its mapping")
-    summary["tasks"] = write_records(out / "tasks.jsonl", all_tasks)
-    summary["path"] = str(out / "tasks.jsonl")
-    write_json(out / "tasks_summary.json", summary)
+    summary["tasks"] = write_records(out / TASKS.path, all_tasks)
+    summary["path"] = str(out / TASKS.path)
+    write_json(out / TASKS.summary, summary)
     return summary

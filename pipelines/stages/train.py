@@ -31,9 +31,13 @@ from typing import Any
 
 from pipelines.analysis.movement import policy_movement
 from pipelines.core import provenance
+from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import Params, TrainParams
 from pipelines.core.records import read_stage_input, sha256, write_json
 from pipelines.core.tracking import run_exists, use_experiment
+from pipelines.core.vocabulary import EVAL, PAIR_SPLITS, TRAIN
+
+PAIRS, MODELS = ARTIFACTS["pairs"], ARTIFACTS["models"]  # what it reads and writes: core/artifacts.py
 
 
 def lora_config(params: TrainParams):
@@ -107,12 +111,18 @@ def train(algorithm: str, model, tokenizer, train_pairs: list[dict[str, Any]], e
     return trainer
 
 
+def pairs_file(folder: Path, split: str) -> Path:
+    """One split's pairs (pipelines/stages/pair.py writes pairs/{train,eval}.jsonl)."""
+    return folder / PAIRS.path / f"{split}.jsonl"
+
+
 def read_pairs(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    train_path, eval_path = folder / "pairs" / "train.jsonl", folder / "pairs" / "eval.jsonl"
-    train_pairs = read_stage_input(train_path, "pair")
-    eval_pairs = read_stage_input(eval_path, "pair") if eval_path.exists() else []
+    train_path, eval_path = pairs_file(folder, TRAIN), pairs_file(folder, EVAL)
+    train_pairs = read_stage_input(train_path, PAIRS.stage)
+    eval_pairs = read_stage_input(eval_path, PAIRS.stage) if eval_path.exists() else []
     if not train_pairs:
-        raise ValueError(f"{train_path} holds no pairs: run `python -m pipelines pair` on a bank with train tasks")
+        raise ValueError(f"{train_path} holds no pairs: run `python -m pipelines {PAIRS.stage}` on a bank with train "
+                         "tasks")
     return train_pairs, eval_pairs
 
 
@@ -126,7 +136,7 @@ def fit(params: Params, folder: Path, algorithm: str, datasets_home: Path | None
     main = int(os.environ.get("RANK", "0")) == 0
     started = time.perf_counter()
     model, tokenizer, identity = load_model(params.model)
-    output_dir = folder / "models" / algorithm
+    output_dir = folder / MODELS.path / algorithm
     if main:
         use_experiment(params.mlflow.tracking_uri, params.mlflow.training_experiment)
     # our run stays open through training, so TRL's MLflow callback (rank 0 only) logs into it
@@ -135,7 +145,7 @@ def fit(params: Params, folder: Path, algorithm: str, datasets_home: Path | None
             mlflow.set_tags({"algorithm": algorithm, "stage": "train", "base_model": identity["id"]})
             mlflow.log_params({f"pscb.{k}": v for k, v in params.train.model_dump().items()})
             mlflow.log_params({"pscb.base_model_sha256": identity.get("sha256") or identity.get("revision"),
-                               "pscb.pairs_train_sha256": sha256(folder / "pairs" / "train.jsonl"),
+                               "pscb.pairs_train_sha256": sha256(pairs_file(folder, TRAIN)),
                                "pscb.pairs_train": len(train_pairs), "pscb.pairs_eval": len(eval_pairs),
                                "pscb.pair_method": train_pairs[0]["method"], "pscb.seed": params.seed})
         trainer = train(algorithm, model, tokenizer, train_pairs, eval_pairs, params.train, output_dir, params.seed,
@@ -189,8 +199,8 @@ def training_fingerprint(params: Params, folder: Path, algorithm: str) -> dict[s
     params, the seed, the base model and the pairs."""
     from pipelines.stages.models import model_fingerprint
 
-    pairs = {f"pairs/{name}": folder / "pairs" / name for name in ("train.jsonl", "eval.jsonl")
-             if (folder / "pairs" / name).exists()}
+    pairs = {f"{PAIRS.path}/{split}.jsonl": pairs_file(folder, split) for split in PAIR_SPLITS
+             if pairs_file(folder, split).exists()}
     return provenance.fingerprint({"algorithm": algorithm, "train": provenance.section_settings("train", params.train),
                                    "seed": params.seed, "model": model_fingerprint(params.model)}, pairs)
 
@@ -200,14 +210,14 @@ def prepare(params: Params, folder: Path, algorithm: str, current: dict[str, Any
     """(the finished fine-tune to reuse, or None; the keys that made an earlier one stale). Checkpoints of
     other settings move to rejected/stale, so `train` never resumes them; the fingerprint is written before
     training, so a killed run's checkpoints carry theirs."""
-    place = folder / "models" / algorithm
+    place = folder / MODELS.path / algorithm
     marker = place / "fingerprint.json"
     recorded = json.loads(marker.read_text()) if marker.exists() else None
     changed: list[str] = []
     if place.exists() and recorded != current:
         changed = [k.removeprefix("params.") for k in provenance.changed_keys(recorded, current)] \
             if recorded is not None else ["fingerprint"]  # checkpoints from before fingerprints
-        provenance.set_aside([place], provenance.stale_place(params, folder) / "models")
+        provenance.set_aside([place], provenance.stale_place(params, folder) / MODELS.path)
     done = previous.get(algorithm) or {}
     if not changed and done.get("fingerprint") == current and (place / "adapter" / "adapter_model.safetensors").exists() \
             and run_exists(params.mlflow.tracking_uri, done.get("mlflow_run_id")):
@@ -218,7 +228,7 @@ def prepare(params: Params, folder: Path, algorithm: str, current: dict[str, Any
 
 def run(params: Params, folder: Path) -> dict[str, Any]:
     """Each fine-tune, or the finished one from an earlier run with the same fingerprint (no new MLflow run)."""
-    train_path, summary_path = folder / "pairs" / "train.jsonl", folder / "train_summary.json"
+    train_path, summary_path = pairs_file(folder, TRAIN), folder / MODELS.summary
     train_pairs, eval_pairs = read_pairs(folder)
     previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary: dict[str, Any] = {"pairs": {"train": len(train_pairs), "eval": len(eval_pairs),
