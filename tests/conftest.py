@@ -189,6 +189,9 @@ SLOW_TESTS = {
     },
     "test_evaluate.py": {"test_pair_train_evaluate_report"},
     "test_movement.py": {"test_heldout_movement_equals_trl_eval_logs_and_the_positive_control_is_learnt"},
+    "test_synthetic.py": {  # trains the pilot world's model (about 80 s), then the bank stages on it
+        "test_the_known_answer_bank_sees_the_planted_signal_and_a_shuffled_control_does_not",
+    },
 }
 
 

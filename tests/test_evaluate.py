@@ -112,3 +112,17 @@ def test_report_and_evaluate_say_what_to_run_first(params):
         report.run(params, Path(params.data_dir))
     with pytest.raises(FileNotFoundError, match="run `python -m pipelines train` first"):
         evaluate.model_params(params, Path(params.data_dir), "dpo")
+
+
+def test_the_evaluation_banks_use_evaluate_methods_and_must_keep_the_pair_method(tmp_path):
+    from pipelines.core.config import ParamsError, load_params
+
+    base = {"attribute": {"methods": ["feature_ablation", "lime"]}, "pair": {"method": "feature_ablation"}}
+    chosen = Params.model_validate({**base, "evaluate": {"methods": ["feature_ablation"]}})
+    assert evaluate.model_params(chosen, tmp_path, "base").attribute.methods == ("feature_ablation",)
+    every = Params.model_validate(base)  # unset: the bank's methods
+    assert evaluate.model_params(every, tmp_path, "base").attribute.methods == ("feature_ablation", "lime")
+    path = tmp_path / "params.yaml"
+    path.write_text("attribute: {methods: [feature_ablation, lime]}\nevaluate: {methods: [lime]}\n")
+    with pytest.raises(ParamsError, match="evaluate.methods .* must include the pair method 'feature_ablation'"):
+        load_params(path)

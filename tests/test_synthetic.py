@@ -161,3 +161,44 @@ def test_the_model_build_is_deterministic_and_runs_through_the_stages_unchanged(
                        "unfaithful": int((own["faithful"] == False).sum()),  # noqa: E712
                        "neither": int(own["faithful"].isna().sum())}
     assert json.loads((first / "pscb_training.json").read_text())["history"]
+
+
+# the pilot world of docs/known-answer.md: 3 facts, 3 options, 6 objects, 6 attributes; 500 steps of 32
+# questions train it in about 100 s on one thread, with held-out accuracy 1.0 from step 200
+PILOT = {"questions": 120, "facts": 3, "options": 3, "objects": 6, "attributes": 6,
+         "model": {"steps": 500, "batch_size": 32}}
+WORKING_AUROC = 0.9  # what a working instrument reaches with its best method and metric (issue 20)
+
+
+def test_the_known_answer_bank_sees_the_planted_signal_and_a_shuffled_control_does_not(tmp_path):
+    """The real pipeline on a model trained here: its decisions answer through the cue, its explanations restate
+    the cue or a distractor, and feature ablation's cosine ranks the faithful ones first within each decision.
+    The same bank with every decision's vector swapped for another decision's must fail that threshold
+    (docs/known-answer.md)."""
+    from pathlib import Path
+
+    from pipelines.core.records import read_records
+    from pipelines.stages import attribute, generate, score, tasks
+    from pipelines.synthetic.validation import faithful_labels, own_rows
+
+    params = Params.model_validate({
+        "data_dir": str(tmp_path / "data"), "seed": 42,
+        "model": {"id": "synthetic:known-answer", "device": "cpu", "cache_dir": str(tmp_path / "cache")},
+        "synthetic": PILOT, "tasks": {"source": "synthetic", "datasets": ["synthetic"], "max_per_dataset": 40},
+        "generate": {"n_explanations": 5, "max_new_tokens_decision": 4, "max_new_tokens_explanation": 6},
+        "attribute": {"methods": ["feature_ablation"], "null_explanations": 0}})
+    folder = Path(params.data_dir)
+    for stage in (tasks, generate, attribute, score):
+        stage.run(params, folder)
+    generations = {r["id"]: r for r in read_records(folder / "generations.jsonl")}
+    assert np.mean([g["correct"] for g in generations.values()]) >= 0.95  # it answers through the cue
+    bank = faithful_labels(pd.read_parquet(folder / "bank.parquet"), generations)
+    cosine = metric_functions(5)["cosine"]
+
+    own = own_rows(bank, "feature_ablation")
+    seen = within_decision_auroc(own, "cosine", 500, 0)
+    assert seen["decisions"] >= 15 and seen["auroc"] >= WORKING_AUROC and seen["ci95"][0] > 0.8
+    shuffled = shuffled_control(own, cosine, "cosine", 500, 0)
+    assert shuffled["decisions"] == seen["decisions"] and shuffled["auroc"] < WORKING_AUROC
+    assert abs(shuffled["auroc"] - 0.5) < 0.2
+    assert dose_response(own, "cosine", 300, 0)["ci95"][0] > 0

@@ -51,10 +51,6 @@ class KnownAnswerModelParams(Section):
                        "12 minutes at the defaults on one thread).")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
-    echo_steps: int = Field(150, ge=0, description="First steps in which the decision turn names the asked "
-                            "attribute, not the object (pipelines/synthetic/model.py echo): a warm-up for the lookup.")
-    drill_share: float = Field(0.0, ge=0, le=1, description="Share of training questions asked without the "
-                               "instruction, options and why-turn (pipelines/synthetic/model.py drill).")
 
 
 class SyntheticParams(Section):
@@ -308,6 +304,10 @@ class EvaluateParams(Section):
         "tasks.datasets.")
     tasks_per_dataset: int = Field(50, ge=1, description="Held-out (test split) tasks per dataset.")
     models: tuple[Literal["base", "dpo", "sft"], ...] = Field(("base", "dpo", "sft"), min_length=1)
+    methods: tuple[str, ...] = Field(
+        (), description="Attribution methods of the evaluation banks (default: attribute.methods). Each evaluated "
+        "model attributes every held-out decision with each of them: the pair method alone keeps LIME and "
+        "KernelSHAP at 500 samples out of the evaluation when the bank needs them but the comparison does not.")
     bootstrap_samples: int = Field(2000, ge=100, description="Resamples for the 95% confidence intervals.")
     alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance level of every test (Holm over the family).")
     min_detectable_effect: float = Field(
@@ -325,6 +325,11 @@ class EvaluateParams(Section):
     @classmethod
     def _known_datasets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return known(value, DATASETS, "dataset")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return known(value, ATTRIBUTION_METHODS, "method")
 
 
 class PromoteParams(Section):
@@ -365,6 +370,14 @@ class Params(Section):
             if model.id == KNOWN_ANSWER_MODEL:
                 object.__setattr__(model, "world", self.synthetic)
                 object.__setattr__(model, "world_seed", self.seed)
+        return self
+
+    @model_validator(mode="after")
+    def _evaluation_has_the_pair_method(self) -> Params:
+        ranked_by = self.pair.method or self.attribute.methods[0]
+        if self.evaluate.methods and ranked_by not in self.evaluate.methods:
+            raise ValueError(f"evaluate.methods {list(self.evaluate.methods)} must include the pair method "
+                             f"'{ranked_by}': the report compares the models on it")
         return self
 
     @model_validator(mode="after")

@@ -48,8 +48,10 @@ def model_params(params: Params, data: Path, name: str) -> Params:
     if adapter is not None and not (adapter / "adapter_model.safetensors").exists():
         raise FileNotFoundError(f"adapter {adapter} not found: run `python -m pipelines {MODELS.stage}` first "
                                 f"(with '{name}' in train.algorithms)")
+    methods = params.evaluate.methods or params.attribute.methods
     return params.model_copy(update={
-        "model": params.model.model_copy(update={"adapter": str(adapter) if adapter else None})})
+        "model": params.model.model_copy(update={"adapter": str(adapter) if adapter else None}),
+        "attribute": params.attribute.model_copy(update={"methods": methods})})
 
 
 def log_evaluation(params: Params, data: Path, name: str, own: Params, summary: dict[str, Any]) -> str:
@@ -59,7 +61,7 @@ def log_evaluation(params: Params, data: Path, name: str, own: Params, summary: 
     with mlflow.start_run(run_name=f"eval-{name}") as run:
         mlflow.set_tags({"model": name, "stage": "evaluate"})
         mlflow.log_params({"adapter": own.model.adapter, "tasks_per_dataset": params.evaluate.tasks_per_dataset,
-                           "attribute_methods": ",".join(params.attribute.methods), "seed": params.seed})
+                           "attribute_methods": ",".join(own.attribute.methods), "seed": params.seed})
         train_summary = data / MODELS.summary
         if name != "base" and train_summary.exists():
             mlflow.set_tag("training_run_id", json.loads(train_summary.read_text())[name]["mlflow_run_id"])

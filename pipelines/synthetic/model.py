@@ -34,7 +34,7 @@ from pipelines.synthetic.world import ASKED, ATTRIBUTES, LETTERS, OBJECTS, QUEST
 SPECIAL = ["<pad>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
                  "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-RECIPE_VERSION = 3  # bump when the build changes what it makes
+RECIPE_VERSION = 4  # bump when the build changes what it makes
 
 
 def words() -> list[str]:
@@ -76,9 +76,14 @@ def make_tokenizer():
 
 
 def decision_text(task: Task) -> str:
-    """The decision the model learns: the option's text (parse_answer reads it), the cue's object. Its letter
-    first would ask a third lookup (object -> option) of a model this small before its first token."""
-    return next(c for c in task.choices if c.label == task.answer_label).text
+    """The decision the model learns: the asked attribute, then the cue's object ("red cup"; parse_answer reads
+    the option it names). Naming the attribute first makes the object one attention step: at the object's
+    position the current token is the attribute, which matches the one fact token holding it. Asked for the
+    object alone, the model must first carry the attribute from the question to the answer position and only
+    then query the facts; two heads that get no gradient until the other exists, and 2-layer models sat at
+    chance for thousands of steps (docs/known-answer.md)."""
+    asked = ASKED.search(task.question).group(1)
+    return f"{asked} {next(c for c in task.choices if c.label == task.answer_label).text}"
 
 
 def training_conversations(world: SyntheticParams, count: int, seed: int, stream: str) -> list[list[dict[str, str]]]:
@@ -99,23 +104,8 @@ def training_conversations(world: SyntheticParams, count: int, seed: int, stream
         faithful = rng.random() < world.p_faithful
         stated = facts[cue] if faithful else rng.choice([f for i, f in enumerate(facts) if i != cue])
         conversation = [*explanation_conversation(task, decision), {"role": "assistant", "content": stated.sentence()}]
-        conversations.append(drill(conversation) if rng.random() < world.model.drill_share else conversation)
+        conversations.append(conversation)
     return conversations
-
-
-def drill(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The same question without the instruction, options and why-turn: the lookup alone."""
-    question = conversation[0]["content"].split("\n", 1)[0]
-    return [{"role": "user", "content": question}, conversation[1]]
-
-
-def echo(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The decision turn answering the asked attribute instead of its object. The lookup takes two heads in
-    turn: one that brings the asked attribute to the answer position, one that queries the facts with it.
-    Neither gets a gradient until the other exists, so a fresh model sat at chance for over a thousand steps;
-    a few steps of this warm-up build the first head, and the second then forms within a few hundred."""
-    asked = ASKED.search(conversation[0]["content"]).group(1)
-    return [conversation[0], {"role": "assistant", "content": asked}]
 
 
 def encode(tokenizer, conversation: list[dict[str, str]]) -> tuple[list[int], list[int]]:
@@ -145,7 +135,25 @@ def build_model(tokenizer, spec: KnownAnswerModelParams):
                          num_key_value_heads=spec.heads, max_position_embeddings=512, tie_word_embeddings=True,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                          bos_token_id=None)
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    compose_fact_embeddings(model, tokenizer)
+    return model
+
+
+def compose_fact_embeddings(model, tokenizer) -> None:
+    """Start each fact token's embedding as the sum of its object's and its attribute's word embeddings. The
+    lookup then matches the attribute token against the fact tokens holding it, and copies the fact's object
+    (the embeddings are tied, so the object's output row is its input row), from the first step. Each fact
+    token appears in about one question in twenty-four; with independent random fact embeddings the same
+    build reached 0.99 held-out accuracy at step 500 instead of 1.0 at step 300 (docs/known-answer.md)."""
+    import torch
+
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for fact in fact_tokens():
+            thing, _, attribute = fact.split(" ")
+            fact_id, thing_id, attribute_id = tokenizer.convert_tokens_to_ids([fact, thing, attribute])
+            weight[fact_id] += weight[thing_id] + weight[attribute_id]
 
 
 def fit(model, batches, spec: KnownAnswerModelParams, probe=None, log_every: int = 100) -> list[dict[str, float]]:
@@ -197,13 +205,14 @@ def decision_accuracy(model, probe) -> float:
 
 
 def make_probe(encoded: list[tuple[list[int], list[int]]], pad_id: int):
-    """Held-out conversations as a batch, with the position of each decision's first token and that token."""
+    """Held-out conversations as a batch, with the position of each decision's object (its second token, after
+    the asked attribute) and that token."""
     import torch
 
     width = max(len(ids) for ids, _ in encoded)
     ids = torch.tensor([i + [pad_id] * (width - len(i)) for i, _ in encoded])
     attention = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in encoded])
-    positions = torch.tensor([m.index(1) for _, m in encoded])
+    positions = torch.tensor([m.index(1) + 1 for _, m in encoded])
     return ids, attention, positions, ids[torch.arange(len(ids)), positions]
 
 
@@ -216,7 +225,7 @@ def batch_maker(world: SyntheticParams, tokenizer, seed: int):
 
     def batch(step: int):
         made = training_conversations(world, world.model.batch_size, seed, f"step-{step}")
-        chosen = [encode(tokenizer, echo(c) if step < world.model.echo_steps else c) for c in made]
+        chosen = [encode(tokenizer, c) for c in made]
         width = max(len(ids) for ids, _ in chosen)
         ids = torch.tensor([i + [pad_id] * (width - len(i)) for i, _ in chosen])
         mask = torch.tensor([m + [0] * (width - len(m)) for _, m in chosen])
