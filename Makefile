@@ -32,6 +32,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: install
 	DAGSTER_HOME=$(CURDIR)/.dagster DO_NOT_TRACK=1 $(PY) -m orchestration.run
 
+# the known-answer world (docs/known-answer.md): its model trained here, its bank, DPO and SFT through Dagster on
+# experiments/known_answer.yaml, then the instrument's figures against the ground truth into
+# experiments/results/known_answer/
+.PHONY: known-answer
+known-answer: install
+	DAGSTER_HOME=$(CURDIR)/.dagster DO_NOT_TRACK=1 $(PY) -m orchestration.run --params experiments/known_answer.yaml
+	$(PY) experiments/known_answer.py --params experiments/known_answer.yaml
+
 # two pytest workers, one OpenMP thread each: two 2-thread torch processes on 2 cores ran 8x slower
 # (benchmarks/backfill.py), while most of the suite is single-threaded Python (DVC, Dagster, subprocesses);
 # two tests at a time per worker, so the longest tests (tests/conftest.py LONGEST_FIRST) start on both workers

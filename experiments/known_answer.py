@@ -75,24 +75,26 @@ def fine_tunes(params, data: Path, generations: dict[str, Any]) -> dict[str, Any
     ids = sorted(base["generation_id"].unique())
     samples = params.evaluate.bootstrap_samples
 
+    # the ground truth first, then the alignment the pairs were ranked by, then the paper's Spearman
+    measures = list(dict.fromkeys(["faithful", params.pair.metric, "spearman"]))
+
     def per_decision(own, what: str) -> np.ndarray:
-        indexed = own.set_index("generation_id")
         if what == "faithful":
             shares = dict(zip(sorted(own["generation_id"].unique()), faithful_share(own)))
             return np.array([shares.get(i, np.nan) for i in ids])
-        medians = indexed.groupby(level=0)["spearman"].median()
+        medians = own.set_index("generation_id").groupby(level=0)[what].median()
         return np.array([medians.get(i, np.nan) for i in ids])
 
-    out: dict[str, Any] = {"decisions": len(ids), "models": {}, "comparisons": {}}
+    out: dict[str, Any] = {"decisions": len(ids), "measures": measures, "models": {}, "comparisons": {}}
     for name, made in banks.items():
-        out["models"][name] = {"accuracy": round(made["accuracy"], 4),
-                               "faithful_share": round(float(np.nanmean(per_decision(made["own"], "faithful"))), 4),
-                               "median_spearman": round(float(np.nanmean(per_decision(made["own"], "spearman"))), 4)}
+        out["models"][name] = {"accuracy": round(made["accuracy"], 4), **{
+            ("faithful_share" if what == "faithful" else f"median_{what}"):
+                round(float(np.nanmean(per_decision(made["own"], what))), 4) for what in measures}}
     pvalues = {}
     for tuned, reference in (("dpo", "base"), ("sft", "base"), ("dpo", "sft")):
         if tuned not in banks or reference not in banks:
             continue
-        for what in ("faithful", "spearman"):
+        for what in measures:
             difference = per_decision(banks[tuned]["own"], what) - per_decision(banks[reference]["own"], what)
             result = paired_difference(difference, samples, params.seed)
             sd = result["sd"] or params.evaluate.planning_sd
@@ -104,6 +106,16 @@ def fine_tunes(params, data: Path, generations: dict[str, Any]) -> dict[str, Any
     for key, adjusted in holm(pvalues).items():
         out["comparisons"][key]["holm_p"] = adjusted
     return out
+
+
+def promotion(data: Path) -> dict[str, Any] | None:
+    """The gate's decision on the DPO candidate (promotion.json, written by the promote stage)."""
+    path = data / "promotion.json"
+    if not path.exists():
+        return None
+    made = json.loads(path.read_text())
+    return {k: made.get(k) for k in ("candidate", "passed", "promoted", "alignment_gain", "alignment_gain_ci95",
+                                     "accuracy_change", "accuracy_lower_bound", "reasons")}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -132,8 +144,10 @@ def markdown(results: dict[str, Any]) -> str:
               f"rejected unfaithful), reversed {results['pairs']['reversed']}."]
     tunes = results.get("fine_tunes")
     if tunes:
-        lines += ["", "| model | accuracy | faithful share | median Spearman |", "|---|---|---|---|"]
-        lines += [f"| {m} | {r['accuracy']:.3f} | {r['faithful_share']:.3f} | {r['median_spearman']:.3f} |"
+        columns = [k for k in next(iter(tunes["models"].values())) if k != "accuracy"]
+        lines += ["", "| model | accuracy | " + " | ".join(c.replace("_", " ") for c in columns) + " |",
+                  "|---" * (len(columns) + 2) + "|"]
+        lines += [f"| {m} | {r['accuracy']:.3f} | " + " | ".join(f"{r[c]:.3f}" for c in columns) + " |"
                   for m, r in tunes["models"].items()]
         lines += ["", "| comparison | mean difference (95% CI) | decisions | Wilcoxon p | Holm p | power at 0.05 |",
                   "|---|---|---|---|---|---|"]
@@ -141,6 +155,12 @@ def markdown(results: dict[str, Any]) -> str:
             label = "" if r["powered"] else " (underpowered)"
             lines.append(f"| {key} | {ci(r)} | {r['decisions']} | {r['wilcoxon_p']} | {r['holm_p']} | "
                          f"{r['power']}{label} |")
+    gate = results.get("promotion")
+    if gate:
+        because = "; ".join(gate["reasons"]) or "every condition holds"
+        lines += ["", f"Gate ({gate['candidate']}, on the report's median Spearman of the pair method): "
+                  f"{'promoted' if gate['promoted'] else 'not promoted'}; alignment gain {gate['alignment_gain']} "
+                  f"CI {gate['alignment_gain_ci95']}, accuracy change {gate['accuracy_change']} ({because})."]
     return "\n".join(lines) + "\n"
 
 
@@ -167,7 +187,8 @@ def main() -> None:
                "labelled_share": float(first["faithful"].notna().mean()),
                "instrument": instrument(params, bank, summary),
                "pairs": pair_precision(pairs, generations),
-               "fine_tunes": fine_tunes(params, data, generations)}
+               "fine_tunes": fine_tunes(params, data, generations),
+               "promotion": promotion(data)}
     defined = [(m, k, r["auroc"]["auroc"]) for m, by in results["instrument"].items() for k, r in by.items()
                if r["auroc"]["auroc"] is not None]
     best = max(defined, key=lambda t: t[2]) if defined else (None, None, None)
