@@ -186,6 +186,7 @@ SLOW_TESTS = {
         "test_two_processes_make_one_run_and_one_adapter_with_the_single_process_curve",
         "test_a_rerun_reuses_a_finished_fine_tune_and_never_resumes_other_settings",
         "test_reference_log_probs_computed_once_give_the_per_step_losses",
+        "test_losses_joined_by_plus_are_trls_sum_of_each",
     },
     "test_evaluate.py": {"test_pair_train_evaluate_report"},
     "test_movement.py": {"test_heldout_movement_equals_trl_eval_logs_and_the_positive_control_is_learnt"},

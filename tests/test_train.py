@@ -169,3 +169,26 @@ def test_reference_log_probs_computed_once_give_the_per_step_losses(params, tiny
         losses[precompute] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     mlflow.end_run()
     assert len(losses[True]) == 3 and np.allclose(losses[True], losses[False], rtol=1e-5, atol=1e-6), losses
+
+
+def test_losses_joined_by_plus_are_trls_sum_of_each(params, tiny_model, tokenizer, tmp_path):
+    """loss_type 'sigmoid+sft' (RPO) is TRL's multi-loss: its first logged loss, before any update, is the sum of
+    the plain DPO loss and the chosen explanation's NLL on the same batch, each from TRL's own log."""
+    import copy
+
+    from pipelines.core.config import ParamsError, load_params
+
+    use_experiment(params.mlflow.tracking_uri, "combined")
+    first = {}
+    for loss in ("sigmoid", "sft", "sigmoid+sft"):
+        spec = params.train.model_copy(update={"max_steps": 1, "loss_type": loss})
+        assert train.trainer_arguments("dpo", spec, tmp_path, 1, False, False)["loss_type"] == loss.split("+")
+        trainer = train.train("dpo", copy.deepcopy(tiny_model), tokenizer, pairs(4, "train"), [], spec,
+                              tmp_path / loss, seed=1)
+        first[loss] = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
+    mlflow.end_run()
+    assert first["sigmoid+sft"] == pytest.approx(first["sigmoid"] + first["sft"], rel=1e-5), first
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {loss_type: 'sigmoid+'}\n")
+    with pytest.raises(ParamsError, match="train.loss_type"):
+        load_params(bad)

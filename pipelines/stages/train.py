@@ -60,7 +60,7 @@ def trainer_arguments(algorithm: str, params: TrainParams, output_dir: Path, see
                   eval_strategy="epoch" if has_eval else "no", activation_checkpointing=params.gradient_checkpointing,
                   run_name=algorithm, ddp_find_unused_parameters=False)  # LoRA trains every adapter weight
     if algorithm == "dpo":
-        return {**common, "beta": params.beta, "loss_type": [params.loss_type],
+        return {**common, "beta": params.beta, "loss_type": params.loss_type.split("+"),
                 "precompute_ref_log_probs": params.precompute_ref_log_probs}
     return {**common, "completion_only_loss": True}
 
