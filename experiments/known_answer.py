@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.measurement import write_results  # noqa: E402
+from pipelines.analysis.gate import alignment_label  # noqa: E402
 from pipelines.analysis.metrics import metric_functions  # noqa: E402
 from pipelines.analysis.stats import holm, paired_difference, paired_power  # noqa: E402
 from pipelines.core.config import load_params  # noqa: E402
@@ -77,18 +78,20 @@ def fine_tunes(params, data: Path, generations: dict[str, Any]) -> dict[str, Any
 
     # the ground truth first, then the alignment the pairs were ranked by, then the paper's Spearman
     measures = list(dict.fromkeys(["faithful", params.pair.metric, "spearman"]))
+    aggregate = params.evaluate.alignment_aggregate
 
     def per_decision(own, what: str) -> np.ndarray:
         if what == "faithful":
             shares = dict(zip(sorted(own["generation_id"].unique()), faithful_share(own)))
             return np.array([shares.get(i, np.nan) for i in ids])
-        medians = own.set_index("generation_id").groupby(level=0)[what].median()
-        return np.array([medians.get(i, np.nan) for i in ids])
+        # the report's per-decision statistic (evaluate.alignment_aggregate), so the gate's figure is in the table
+        values = own.set_index("generation_id").groupby(level=0)[what].agg(aggregate)
+        return np.array([values.get(i, np.nan) for i in ids])
 
     out: dict[str, Any] = {"decisions": len(ids), "measures": measures, "models": {}, "comparisons": {}}
     for name, made in banks.items():
         out["models"][name] = {"accuracy": round(made["accuracy"], 4), **{
-            ("faithful_share" if what == "faithful" else f"median_{what}"):
+            ("faithful_share" if what == "faithful" else f"{aggregate}_{what}"):
                 round(float(np.nanmean(per_decision(made["own"], what))), 4) for what in measures}}
     pvalues = {}
     for tuned, reference in (("dpo", "base"), ("sft", "base"), ("dpo", "sft")):
@@ -108,11 +111,11 @@ def fine_tunes(params, data: Path, generations: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def promotion(data: Path) -> dict[str, Any] | None:
+def promotion(data: Path) -> dict[str, Any]:
     """The gate's decision on the DPO candidate (promotion.json, written by the promote stage)."""
     path = data / "promotion.json"
     if not path.exists():
-        return None
+        return {}
     made = json.loads(path.read_text())
     return {k: made.get(k) for k in ("candidate", "passed", "promoted", "alignment_gain", "alignment_gain_ci95",
                                      "accuracy_change", "accuracy_lower_bound", "reasons")}
@@ -156,9 +159,9 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | {ci(r)} | {r['decisions']} | {r['wilcoxon_p']} | {r['holm_p']} | "
                          f"{r['power']}{label} |")
     gate = results.get("promotion")
-    if gate:
+    if gate and "candidate" in gate:
         because = "; ".join(gate["reasons"]) or "every condition holds"
-        lines += ["", f"Gate ({gate['candidate']}, on the report's median Spearman of the pair method): "
+        lines += ["", f"Gate ({gate['candidate']}, on the per-decision {gate['statistic']} of the pair method): "
                   f"{'promoted' if gate['promoted'] else 'not promoted'}; alignment gain {gate['alignment_gain']} "
                   f"CI {gate['alignment_gain_ci95']}, accuracy change {gate['accuracy_change']} ({because})."]
     return "\n".join(lines) + "\n"
@@ -188,7 +191,7 @@ def main() -> None:
                "instrument": instrument(params, bank, summary),
                "pairs": pair_precision(pairs, generations),
                "fine_tunes": fine_tunes(params, data, generations),
-               "promotion": promotion(data)}
+               "promotion": promotion(data) | {"statistic": alignment_label(params.evaluate)}}
     defined = [(m, k, r["auroc"]["auroc"]) for m, by in results["instrument"].items() for k, r in by.items()
                if r["auroc"]["auroc"] is not None]
     best = max(defined, key=lambda t: t[2]) if defined else (None, None, None)

@@ -238,3 +238,28 @@ def test_a_passing_gate_shows_the_bounds_that_cleared():
     assert f"95% CI lower bound {low:+.4f} is above promote.min_alignment_gain 0.0" in card
     assert "above -promote.accuracy_tolerance -0.02" in card
     assert "powered: " in report.render(metrics, [], gate) and "Smoke test" not in report.render(metrics, [], gate)
+
+
+def test_the_comparisons_and_the_gate_judge_the_chosen_alignment_statistic(tmp_path):
+    """evaluate.alignment_metric / alignment_aggregate: the paired difference is that statistic's, computed
+    here straight from the banks, and the page, the table and the gate's reasons name it."""
+    data = tmp_path / "data"
+    base = params_for(data)
+    params = base.model_copy(update={"evaluate": base.evaluate.model_copy(update={
+        "alignment_metric": "cosine", "alignment_aggregate": "mean"}),
+        "promote": base.promote.model_copy(update={"min_alignment_gain": 5.0})})  # a gain it cannot reach
+    write_banks(data, params)
+    files = report.run(params, data)
+    metrics, page = json.loads(Path(files["metrics"]).read_text()), Path(files["report"]).read_text()
+
+    def per_decision(model):
+        bank = pd.read_parquet(data / "evaluation" / model / "bank.parquet")
+        own = bank[(bank["method"] == METHOD) & (bank["kind"] == "own")]
+        return own.groupby("task_id")["cosine"].mean()
+
+    expected = (per_decision("dpo") - per_decision("base")).mean()
+    assert metrics["comparisons"]["dpo-base"]["all"]["alignment"]["mean"] == pytest.approx(expected, abs=1e-4)
+    assert "per-decision mean cosine difference" in metrics["power"]["how"]
+    assert "mean cosine difference" in page and "median Spearman difference" not in page
+    refused = report.promotion_gate(metrics, params.promote, "mean cosine")
+    assert not refused["passed"] and "(mean cosine, dpo - base)" in refused["reasons"][0]

@@ -308,6 +308,14 @@ class EvaluateParams(Section):
         "tasks.datasets.")
     tasks_per_dataset: int = Field(50, ge=1, description="Held-out (test split) tasks per dataset.")
     models: tuple[Literal["base", "dpo", "sft"], ...] = Field(("base", "dpo", "sft"), min_length=1)
+    alignment_metric: Literal["spearman", "cosine"] = Field(
+        "spearman", description="The alignment the comparisons and the promotion gate judge, scored with the pair "
+        "method (the paper's: Spearman). In the known-answer world Spearman hardly sees which explanations "
+        "are faithful and cosine sees all of them (docs/known-answer.md).")
+    alignment_aggregate: Literal["median", "mean"] = Field(
+        "median", description="Per decision, the median (the paper's) or the mean of its explanations' scores. "
+        "A median of k moves only when a decision's share of aligned explanations crosses one half; the mean "
+        "moves with the share.")
     methods: tuple[str, ...] = Field(
         (), description="Attribution methods of the evaluation banks (default: attribute.methods). Each evaluated "
         "model attributes every held-out decision with each of them: the pair method alone keeps LIME and "

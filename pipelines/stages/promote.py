@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipelines.analysis.gate import Gate, gate
+from pipelines.analysis.gate import Gate, alignment_label, gate
 from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import Params
 from pipelines.core.records import write_json
@@ -62,7 +62,7 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
     for path, stage in ((metrics_path, REPORT.stage), (train_path, MODELS.stage)):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: run `python -m pipelines {stage}` first")
-    decision = gate(json.loads(metrics_path.read_text()), params.promote)
+    decision = gate(json.loads(metrics_path.read_text()), params.promote, alignment_label(params.evaluate))
     summary: dict[str, Any] = {"candidate": params.promote.candidate, **asdict(decision), "promoted": False}
     if decision.passed:
         training_run = json.loads(train_path.read_text())[params.promote.candidate]["mlflow_run_id"]

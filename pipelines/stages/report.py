@@ -6,7 +6,8 @@
 Per dataset (in-domain and shifted side by side) and model (base, DPO, SFT): accuracy with a Wilson
 95% interval; per decision the best, median and worst Spearman and cosine over its explanations,
 averaged, with bootstrap 95% intervals. Comparisons (DPO-base, SFT-base, DPO-SFT) are paired on the
-decisions of the same tasks (pipelines/analysis/stats.py): the median-Spearman difference with a bootstrap CI,
+decisions of the same tasks (pipelines/analysis/stats.py): the difference in per-decision alignment
+(evaluate.alignment_metric and alignment_aggregate, the paper's median Spearman by default) with a bootstrap CI,
 Wilcoxon and Holm-adjusted p over the family, its power at evaluate.min_detectable_effect (a run below
 evaluate.power is labelled a smoke test), accuracy as non-inferiority; correct vs incorrect decisions by
 TOST. Then the trust figures (null floor, diagnosticity) and the plots.
@@ -31,6 +32,7 @@ import jinja2
 import numpy as np
 
 from pipelines.analysis.controls import bootstrap_ci, control_summary
+from pipelines.analysis.gate import alignment_column, alignment_label
 from pipelines.analysis.gate import gate as promotion_rule
 from pipelines.analysis.stats import (
     decisions_for_power,
@@ -81,6 +83,7 @@ def per_decision(bank, method: str):
         table[f"{metric}_best"] = grouped[metric].max()
         table[f"{metric}_median"] = grouped[metric].median()
         table[f"{metric}_worst"] = grouped[metric].min()
+        table[f"{metric}_mean"] = grouped[metric].mean()
         table[f"{metric}_spread"] = grouped[metric].std(ddof=0)
     return table
 
@@ -125,7 +128,8 @@ def compare(reference, tuned, params: Params) -> dict[str, Any]:
     settings = params.evaluate
     joined = reference.set_index("task_id").join(tuned.set_index("task_id"), lsuffix="_ref", rsuffix="_tuned",
                                                  how="inner")
-    alignment = paired_difference((joined["spearman_median_tuned"] - joined["spearman_median_ref"]).to_numpy(float),
+    column = alignment_column(settings)
+    alignment = paired_difference((joined[f"{column}_tuned"] - joined[f"{column}_ref"]).to_numpy(float),
                                   settings.bootstrap_samples, params.seed)
     sd = max(alignment["sd"] or 0.0, settings.planning_sd)
     alignment["power"] = {
@@ -153,7 +157,8 @@ def build_metrics(params: Params, tables: dict[str, Any]) -> dict[str, Any]:
         "comparisons": {},
         "power": {"effect": settings.min_detectable_effect, "planning_sd": settings.planning_sd,
                   "target": settings.power, "alpha": settings.alpha,
-                  "how": "two-sided paired t-test (noncentral t) on the per-decision median Spearman difference, "
+                  "how": f"two-sided paired t-test (noncentral t) on the per-decision {alignment_label(settings)} "
+                         "difference, "
                          "SD = max(planning_sd, observed SD of the paired differences)"}}
     for name, table in tables.items():
         metrics["models"][name] = {"all": summarize_model(table, samples, seed, margin, settings.alpha)} | {
@@ -232,14 +237,15 @@ def _template() -> jinja2.Template:
 
 
 def render(metrics: dict[str, Any], plots: list[tuple[str, str]], gate: dict[str, Any] | None = None,
-           heatmaps: list[dict[str, Any]] | None = None, seed: int | None = None) -> str:
+           heatmaps: list[dict[str, Any]] | None = None, seed: int | None = None,
+           alignment: str = "median Spearman") -> str:
     """The self-contained HTML page: summary card, figures, token heatmaps (token_heatmaps), then the tables.
-    `gate` is promotion_gate's decision on these metrics, when known."""
+    `gate` is promotion_gate's decision on these metrics, when known; `alignment` what the comparisons judge."""
     return _template().render(
-        models=list(metrics["models"]), method=metrics["method"], power=metrics["power"],
+        models=list(metrics["models"]), method=metrics["method"], power=metrics["power"], alignment=alignment,
         card=summary_card(metrics, gate), plots=[{"title": t, "png": b64} for t, b64 in plots],
         heatmaps=heatmaps or [], seed=seed, fold_rows=FOLD_ROWS, model_table=model_table(metrics),
-        movement=movement_table(metrics.get("movement", {})), comparisons=comparison_table(metrics),
+        movement=movement_table(metrics.get("movement", {})), comparisons=comparison_table(metrics, alignment),
         equivalence=equivalence_table(metrics), trust=trust_table(metrics.get("trust", {})))
 
 
@@ -316,10 +322,11 @@ def movement_line(name: str, moves: dict[str, Any]) -> dict[str, Any]:
     return {"model": name, "moved": bool(moves.get("moved")), "detail": detail}
 
 
-def promotion_gate(metrics: dict[str, Any], settings: PromoteParams) -> dict[str, Any]:
+def promotion_gate(metrics: dict[str, Any], settings: PromoteParams, alignment: str = "median Spearman"
+                   ) -> dict[str, Any]:
     """The decision `python -m pipelines promote` will take on this metrics.json, with the thresholds it used."""
     return {"candidate": settings.candidate, "min_alignment_gain": settings.min_alignment_gain,
-            "accuracy_tolerance": settings.accuracy_tolerance, **asdict(promotion_rule(metrics, settings))}
+            "accuracy_tolerance": settings.accuracy_tolerance, **asdict(promotion_rule(metrics, settings, alignment))}
 
 
 def gate_line(gate: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -382,7 +389,7 @@ def model_table(metrics: dict[str, Any]) -> dict[str, Any]:
     return {"header": header, "rows": rows}
 
 
-def comparison_table(metrics: dict[str, Any]) -> dict[str, Any]:
+def comparison_table(metrics: dict[str, Any], alignment: str = "median Spearman") -> dict[str, Any]:
     rows = []
     for name, per in metrics["comparisons"].items():
         for dataset, r in per.items():
@@ -393,7 +400,7 @@ def comparison_table(metrics: dict[str, Any]) -> dict[str, Any]:
                          _text(a["power"]["decisions_needed"]), _text(_signed(acc["mean"])),
                          _text(_signed(acc["lower_bound"])), _text("yes" if acc["non_inferior"] else "not shown"),
                          _text(f"+{acc['gained']} / -{acc['lost']}"), _text(_p(acc["mcnemar_p"]))])
-    header = ["comparison", "dataset", "decisions", "median Spearman difference", "Wilcoxon p", "Holm p", "power",
+    header = ["comparison", "dataset", "decisions", f"{alignment} difference", "Wilcoxon p", "Holm p", "power",
               "decisions for power", "accuracy change", "lower bound", "non-inferior", "gained / lost", "McNemar p"]
     return {"header": header, "rows": rows}
 
@@ -542,9 +549,11 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
     write_json(model_folder / REPORT.summary, metrics)
     write_plot_table(folder / "alignment.csv", metrics)
     # the gate's decision is shown before promote takes it: the same rule on the same metrics.json
-    gate = promotion_gate(metrics, params.promote)
+    label = alignment_label(params.evaluate)
+    gate = promotion_gate(metrics, params.promote, label)
     heatmaps = token_heatmaps(source, method, pick_decisions(candidates, params.seed))
-    (folder / "report.html").write_text(render(metrics, figures(tables, metrics), gate, heatmaps, params.seed))
+    (folder / "report.html").write_text(render(metrics, figures(tables, metrics), gate, heatmaps, params.seed,
+                                               label))
     return {"report": str(folder / "report.html"), "metrics": str(model_folder / REPORT.summary)}
 
 
