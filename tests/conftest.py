@@ -196,11 +196,12 @@ SLOW_TESTS = {
 }
 
 
-# The longest tests (CI log, `make test` on 2 workers: 581, 315, 200, 147 s) start first: collected in file
+# The longest tests (CI log, `make test` on 2 workers: 672, 404, 128, 111, 79 s) start first: collected in file
 # order they came last, and one worker ran the SmolLM2 integration test alone for five minutes at the end.
 LONGEST_FIRST = (
     "test_dvc.py::test_dvc_repro_and_the_main_job_through_dagster_build_the_same_bytes_in_two_clones",
     "test_integration.py::test_cli_builds_a_bank_with_smollm2",
+    "test_synthetic.py::test_the_known_answer_bank_sees_the_planted_signal_and_a_shuffled_control_does_not",
     "test_distributed.py::test_backfill_of_four_partitions_on_two_dask_workers_survives_a_killed_worker",
     "test_distributed.py::test_one_slice_in_two_shards_keeps_two_workers_busy_and_a_killed_shard_resumes",
 )
