@@ -105,6 +105,13 @@ def check_promotion(params, metrics):
     assert client.list_artifacts(training, "adapter")  # the version's source: the adapter the run logged
     written = json.loads((Path(params.data_dir) / "promotion.json").read_text())
     assert written["promoted"] and written["version"] == 1
+    assert written["source"] == f"runs:/{training}/adapter"  # no path of this machine in the artifact
+    fetched = Path(params.data_dir).parent / "fetched"
+    fetched.mkdir()
+    assert (Path(mlflow.artifacts.download_artifacts(written["source"], dst_path=str(fetched),
+                                                     tracking_uri=params.mlflow.tracking_uri))
+            / "adapter_model.safetensors").exists()
+    assert str(Path.cwd()) not in json.dumps(written) and params.data_dir not in json.dumps(written)
 
 
 def test_report_and_evaluate_say_what_to_run_first(params):

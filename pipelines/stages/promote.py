@@ -52,8 +52,10 @@ def register(params: Params, training_run_id: str, decision: Gate) -> dict[str, 
         "accuracy_change": str(decision.accuracy_change), "accuracy_lower_bound": str(decision.accuracy_lower_bound),
         "base_model": params.model.id})
     client.set_registered_model_alias(name, params.promote.alias, version.version)
+    # the registry keeps the artifact store's location; the file keeps the run's URI, which holds no path of
+    # this machine (mlflow resolves runs:/ wherever the store lives), so a clone elsewhere writes the same text
     return {"registered_model": name, "version": int(version.version), "alias": params.promote.alias,
-            "source": source}
+            "source": f"runs:/{training_run_id}/adapter"}
 
 
 def run(params: Params, folder: Path) -> dict[str, Any]:
