@@ -111,14 +111,15 @@ def fine_tunes(params, data: Path, generations: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def promotion(data: Path) -> dict[str, Any]:
-    """The gate's decision on the DPO candidate (promotion.json, written by the promote stage)."""
+def promotion(params, data: Path) -> dict[str, Any] | None:
+    """The gate's decision on the candidate (promotion.json, written by the promote stage) and its statistic."""
     path = data / "promotion.json"
     if not path.exists():
-        return {}
+        return None
     made = json.loads(path.read_text())
-    return {k: made.get(k) for k in ("candidate", "passed", "promoted", "alignment_gain", "alignment_gain_ci95",
-                                     "accuracy_change", "accuracy_lower_bound", "reasons")}
+    return {"statistic": alignment_label(params.evaluate), **{k: made.get(k) for k in (
+        "candidate", "passed", "promoted", "alignment_gain", "alignment_gain_ci95", "accuracy_change",
+        "accuracy_lower_bound", "reasons")}}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -159,7 +160,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | {ci(r)} | {r['decisions']} | {r['wilcoxon_p']} | {r['holm_p']} | "
                          f"{r['power']}{label} |")
     gate = results.get("promotion")
-    if gate and "candidate" in gate:
+    if gate:
         because = "; ".join(gate["reasons"]) or "every condition holds"
         lines += ["", f"Gate ({gate['candidate']}, on the per-decision {gate['statistic']} of the pair method): "
                   f"{'promoted' if gate['promoted'] else 'not promoted'}; alignment gain {gate['alignment_gain']} "
@@ -191,7 +192,7 @@ def main() -> None:
                "instrument": instrument(params, bank, summary),
                "pairs": pair_precision(pairs, generations),
                "fine_tunes": fine_tunes(params, data, generations),
-               "promotion": promotion(data) | {"statistic": alignment_label(params.evaluate)}}
+               "promotion": promotion(params, data)}
     defined = [(m, k, r["auroc"]["auroc"]) for m, by in results["instrument"].items() for k, r in by.items()
                if r["auroc"]["auroc"] is not None]
     best = max(defined, key=lambda t: t[2]) if defined else (None, None, None)

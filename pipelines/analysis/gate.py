@@ -39,7 +39,10 @@ def alignment_column(settings: EvaluateParams) -> str:
     return f"{settings.alignment_metric}_{settings.alignment_aggregate}"
 
 
-def gate(metrics: dict[str, Any], params: PromoteParams, alignment: str = "median Spearman") -> Gate:
+PAPER_ALIGNMENT = alignment_label(EvaluateParams())  # "median Spearman": the default of every caller
+
+
+def gate(metrics: dict[str, Any], params: PromoteParams, alignment: str = PAPER_ALIGNMENT) -> Gate:
     """The promotion rule on a report's metrics.json (its `comparisons`, pipelines/stages/report.py), whose
     alignment is `alignment` (alignment_label of the evaluate section that made it)."""
     comparison = metrics.get("comparisons", {}).get(f"{params.candidate}-base", {}).get("all")

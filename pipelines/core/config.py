@@ -48,7 +48,8 @@ class KnownAnswerModelParams(Section):
     hidden: int = Field(128, ge=16)
     heads: int = Field(4, ge=1)
     steps: int = Field(3000, ge=1, description="Optimizer steps, each on `batch_size` fresh questions (CPU: about "
-                       "12 minutes at the defaults on one thread).")
+                       "15 minutes at the defaults on one thread, 0.3 s a step; decisions are right from step 300: "
+                       "docs/known-answer.md).")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
 

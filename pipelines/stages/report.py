@@ -32,7 +32,7 @@ import jinja2
 import numpy as np
 
 from pipelines.analysis.controls import bootstrap_ci, control_summary
-from pipelines.analysis.gate import alignment_column, alignment_label
+from pipelines.analysis.gate import PAPER_ALIGNMENT, alignment_column, alignment_label
 from pipelines.analysis.gate import gate as promotion_rule
 from pipelines.analysis.stats import (
     decisions_for_power,
@@ -238,7 +238,7 @@ def _template() -> jinja2.Template:
 
 def render(metrics: dict[str, Any], plots: list[tuple[str, str]], gate: dict[str, Any] | None = None,
            heatmaps: list[dict[str, Any]] | None = None, seed: int | None = None,
-           alignment: str = "median Spearman") -> str:
+           alignment: str = PAPER_ALIGNMENT) -> str:
     """The self-contained HTML page: summary card, figures, token heatmaps (token_heatmaps), then the tables.
     `gate` is promotion_gate's decision on these metrics, when known; `alignment` what the comparisons judge."""
     return _template().render(
@@ -322,7 +322,7 @@ def movement_line(name: str, moves: dict[str, Any]) -> dict[str, Any]:
     return {"model": name, "moved": bool(moves.get("moved")), "detail": detail}
 
 
-def promotion_gate(metrics: dict[str, Any], settings: PromoteParams, alignment: str = "median Spearman"
+def promotion_gate(metrics: dict[str, Any], settings: PromoteParams, alignment: str = PAPER_ALIGNMENT
                    ) -> dict[str, Any]:
     """The decision `python -m pipelines promote` will take on this metrics.json, with the thresholds it used."""
     return {"candidate": settings.candidate, "min_alignment_gain": settings.min_alignment_gain,
@@ -389,7 +389,7 @@ def model_table(metrics: dict[str, Any]) -> dict[str, Any]:
     return {"header": header, "rows": rows}
 
 
-def comparison_table(metrics: dict[str, Any], alignment: str = "median Spearman") -> dict[str, Any]:
+def comparison_table(metrics: dict[str, Any], alignment: str = PAPER_ALIGNMENT) -> dict[str, Any]:
     rows = []
     for name, per in metrics["comparisons"].items():
         for dataset, r in per.items():
