@@ -47,9 +47,9 @@ class KnownAnswerModelParams(Section):
     layers: int = Field(2, ge=1)
     hidden: int = Field(128, ge=16)
     heads: int = Field(4, ge=1)
-    steps: int = Field(3000, ge=1, description="Optimizer steps, each on `batch_size` fresh questions (CPU: about "
-                       "15 minutes at the defaults on one thread, 0.3 s a step; decisions are right from step 300: "
-                       "docs/known-answer.md).")
+    steps: int = Field(1500, ge=1, description="Optimizer steps, each on `batch_size` fresh questions (CPU: about "
+                       "8 minutes at the defaults on one thread, 0.3 s a step; decisions are right from step 300, "
+                       "and 3,000 steps wrote fewer faithful explanations, not better decisions: docs/known-answer.md).")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
 
