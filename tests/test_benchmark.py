@@ -39,4 +39,17 @@ def test_fine_tune_benchmark_times_one_and_two_processes_on_the_same_steps(tiny_
     assert (one["processes"], two["processes"]) == (1, 2) and one["steps"] == two["steps"] == 2
     assert one["train_runtime_ratio"] == 1.0 and two["train_runtime_ratio"] > 0
     assert one["losses"][0] == two["losses"][0] == 0.6931  # DPO at step 1: the policy is its reference
-    assert "| 2 | 2 |" in fine_tune.markdown({**results, "model": {"id": "tiny"}, "machine": {"device": "cpu"}})
+    assert "| 2 | precomputed once | 2 |" in fine_tune.markdown(
+        {**results, "model": {"id": "tiny"}, "machine": {"device": "cpu"}})
+
+
+def test_fine_tune_benchmark_times_the_reference_pass_every_step_against_once(tiny_model_dir, tmp_path):
+    import fine_tune
+
+    results = fine_tune.run({"id": str(tiny_model_dir), "device": "cpu"}, [1], steps=2, batch_size=2,
+                            workdir=tmp_path, precompute=(False, True), epochs=2)
+    assert (results["pairs"], results["epochs"]) == (2, 2)
+    every_step, once = results["runs"]
+    assert (every_step["precompute_ref_log_probs"], once["precompute_ref_log_probs"]) == (False, True)
+    assert every_step["seconds_per_step"] > 0 and once["train_runtime_ratio"] > 0
+    assert every_step["losses"] == once["losses"]  # the same training either way (tests/test_train.py)

@@ -171,6 +171,32 @@ def test_reference_log_probs_computed_once_give_the_per_step_losses(params, tiny
     assert len(losses[True]) == 3 and np.allclose(losses[True], losses[False], rtol=1e-5, atol=1e-6), losses
 
 
+def test_a_restart_reads_the_precomputed_reference_log_probs_back(params, tmp_path):
+    """Alone, the pairs go on disk in the model's folder, where TRL caches the reference log-probs it computed;
+    a rerun after a crash (here: the adapter never saved) reads that cache instead of recomputing it."""
+    import shutil
+
+    from datasets import Dataset, load_from_disk
+
+    folder = tmp_path / "bank"
+    shutil.copytree(Path(params.data_dir) / "pairs", folder / "pairs")
+    dpo_only = params.model_copy(update={"train": params.train.model_copy(update={"algorithms": ("dpo",)})})
+    train.run(dpo_only, folder)
+    home = folder / "models" / "dpo" / "datasets" / "train"
+    caches = {path: path.stat().st_mtime_ns for path in home.glob("cache-*.arrow")}  # TRL's maps, each cached
+    reference = [path for path in caches if "ref_chosen_logps" in Dataset.from_file(str(path)).column_names]
+    assert reference, sorted(caches)
+    cached = Dataset.from_file(str(reference[0]))
+    assert "ref_rejected_logps" in cached.column_names
+    train_pairs = (folder / "pairs" / "train.jsonl").read_text().splitlines()
+    assert len(cached) == len(load_from_disk(str(home))) == len(train_pairs) > 0
+    shutil.rmtree(folder / "models" / "dpo" / "adapter")
+    (folder / "train_summary.json").unlink()
+    again = train.run(dpo_only, folder)["dpo"]
+    assert not again["reused"]
+    assert {path: path.stat().st_mtime_ns for path in home.glob("cache-*.arrow")} == caches  # read, not rewritten
+
+
 def test_losses_joined_by_plus_are_trls_sum_of_each(params, tiny_model, tokenizer, tmp_path):
     """loss_type 'sigmoid+sft' (RPO) is TRL's multi-loss: its first logged loss, before any update, is the sum of
     the plain DPO loss and the chosen explanation's NLL on the same batch, each from TRL's own log."""
