@@ -133,3 +133,18 @@ def test_the_evaluation_banks_use_evaluate_methods_and_must_keep_the_pair_method
     path.write_text("attribute: {methods: [feature_ablation, lime]}\nevaluate: {methods: [lime]}\n")
     with pytest.raises(ParamsError, match="evaluate.methods .* must include the pair method 'feature_ablation'"):
         load_params(path)
+
+
+def test_the_eval_split_chooses_training_settings_without_touching_the_test_tasks():
+    """evaluate.split: eval evaluates tasks of the eval split (never trained on), none of the test split's."""
+    from pipelines.stages.evaluate import evaluation_tasks
+
+    held_out = {}
+    for split in ("test", "eval"):
+        params = Params.model_validate({"tasks": {"source": "synthetic", "datasets": ["synthetic"]},
+                                        "evaluate": {"shift_datasets": [], "tasks_per_dataset": 20, "split": split}})
+        held_out[split] = evaluation_tasks(params)
+        assert len(held_out[split]) == 20 and {t.split for t in held_out[split]} == {split}
+    assert not {t.id for t in held_out["test"]} & {t.id for t in held_out["eval"]}
+    with pytest.raises(ValueError, match="split"):
+        Params.model_validate({"evaluate": {"split": "train"}})

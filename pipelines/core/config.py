@@ -308,6 +308,9 @@ class EvaluateParams(Section):
         ("codah", "arc_challenge"), description="Datasets not trained on (domain shift); the in-domain ones are "
         "tasks.datasets.")
     tasks_per_dataset: int = Field(50, ge=1, description="Held-out (test split) tasks per dataset.")
+    split: Literal["test", "eval"] = Field(
+        "test", description="The held-out split evaluated: test for the reported comparison; eval (never trained "
+        "on, its pairs only scored) to choose training settings without looking at the test tasks.")
     models: tuple[Literal["base", "dpo", "sft"], ...] = Field(("base", "dpo", "sft"), min_length=1)
     alignment_metric: Literal["spearman", "cosine"] = Field(
         "spearman", description="The alignment the comparisons and the promotion gate judge, scored with the pair "

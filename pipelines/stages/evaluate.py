@@ -5,7 +5,7 @@
 
 Every model answers, explains, is attributed and is scored by the very stage functions that built the
 bank, on the same tasks: the test split (never paired, never trained on) of the training datasets and
-of the shifted datasets. Each model's evaluation is an MLflow run in `mlflow.evaluation_experiment`; a
+of the shifted datasets, or with `evaluate.split: eval` the eval split, to choose training settings on. Each model's evaluation is an MLflow run in `mlflow.evaluation_experiment`; a
 tuned model's also says which share of its decisions and explanations differ, token for token, from
 the base model's on the same tasks (`changed_*`): a fine-tune that changed nothing proves nothing.
 """
@@ -21,7 +21,7 @@ from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import Params, evaluation_datasets
 from pipelines.core.records import Task, read_records, write_json, write_records
 from pipelines.core.tracking import run_exists, use_experiment
-from pipelines.core.vocabulary import OWN, TEST
+from pipelines.core.vocabulary import OWN
 from pipelines.stages import attribute, generate, score
 from pipelines.stages.tasks import build_tasks, load_rows
 
@@ -32,13 +32,14 @@ TASKS, GENERATIONS, BANK, MODELS, EVALUATION = (ARTIFACTS[n] for n in ("tasks", 
 
 
 def evaluation_tasks(params: Params) -> list[Task]:
-    """The first `tasks_per_dataset` test-split tasks of every evaluated dataset (same seed as the bank)."""
+    """The first `tasks_per_dataset` tasks of `evaluate.split` (test) of every evaluated dataset (same seed as
+    the bank)."""
     everything = params.tasks.model_copy(update={"max_per_dataset": None})
     chosen = []
     for dataset in evaluation_datasets(params):
         tasks, _ = build_tasks(dataset, *load_rows(dataset, everything, params.synthetic, params.seed),
                                everything, params.seed)
-        chosen.extend([t for t in tasks if t.split == TEST][: params.evaluate.tasks_per_dataset])
+        chosen.extend([t for t in tasks if t.split == params.evaluate.split][: params.evaluate.tasks_per_dataset])
     return chosen
 
 
@@ -61,6 +62,7 @@ def log_evaluation(params: Params, data: Path, name: str, own: Params, summary: 
     with mlflow.start_run(run_name=f"eval-{name}") as run:
         mlflow.set_tags({"model": name, "stage": "evaluate"})
         mlflow.log_params({"adapter": own.model.adapter, "tasks_per_dataset": params.evaluate.tasks_per_dataset,
+                           "split": params.evaluate.split,
                            "attribute_methods": ",".join(own.attribute.methods), "seed": params.seed})
         train_summary = data / MODELS.summary
         if name != "base" and train_summary.exists():
@@ -74,7 +76,8 @@ def run(params: Params, data: Path) -> dict[str, Any]:
     tasks = evaluation_tasks(params)
     summary_path = data / EVALUATION.summary
     previous = json.loads(summary_path.read_text()).get("models", {}) if summary_path.exists() else {}
-    summary: dict[str, Any] = {"tasks": len(tasks), "datasets": evaluation_datasets(params), "models": {}}
+    summary: dict[str, Any] = {"tasks": len(tasks), "split": params.evaluate.split,
+                               "datasets": evaluation_datasets(params), "models": {}}
     for name in params.evaluate.models:
         own, folder = model_params(params, data, name), data / EVALUATION.path / name  # a bank slice's files
         write_records(folder / TASKS.path, tasks)
