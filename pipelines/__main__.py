@@ -104,6 +104,14 @@ def run_stages(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_params(args: argparse.Namespace) -> int:
+    from pipelines.core.config import load_params
+
+    params = load_params(args.params, parse_overrides(args.set))
+    print(yaml.safe_dump(json.loads(params.model_dump_json()), sort_keys=False), end="")
+    return 0
+
+
 def dagster_environment(params: str | None) -> dict[str, str]:
     """The environment `make run` / `make ui` give Dagster: the project instance (./.dagster unless DAGSTER_HOME
     is set), telemetry off, and the params file (PSCB_PARAMS) when one is given."""
@@ -156,6 +164,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     for stage in STAGES:
         stage_command(stage, STAGE_HELP.get(stage, f"the {stage} stage"))
     stage_command("all", "every stage above in turn, in flow order (the whole flow without Dagster)")
+
+    resolved = commands.add_parser(
+        "params", help="every value a params file resolves to, defaults included, as YAML (what DVC needs in "
+        "params.yaml)", description="Prints the validated params, every key with its value or default, as YAML. "
+        "DVC reads the keys dvc.yaml lists from params.yaml and needs each written there: `python -m pipelines "
+        "params --params experiments/known_answer.yaml --set data_dir=data > params.yaml` makes a file for `dvc "
+        "repro` (dvc.yaml's paths are under data/).")
+    resolved.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    resolved.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one value")
+    resolved.set_defaults(handler=print_params)
 
     run = commands.add_parser(
         "run", help="the main job (make run): every asset of every partition through Dagster, on the project's "

@@ -33,7 +33,7 @@ def test_help_names_every_stage_and_run_and_ui(capsys):
     done = pscb("--help")
     assert done.returncode == 0, done.stderr
     listed = {line.split()[0] for line in done.stdout.splitlines() if line.startswith("    ") and line.split()}
-    assert set(STAGES) | {"all", "run", "ui"} <= listed, done.stdout
+    assert set(STAGES) | {"all", "run", "ui", "params"} <= listed, done.stdout
     assert "make run" in done.stdout and "make ui" in done.stdout and "exit status" in done.stdout.lower()
     from pipelines.__main__ import main
 
@@ -147,3 +147,29 @@ def test_the_slow_list_names_tests_that_exist():
         defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
         functions = {name.split("[")[0] for name in names}
         assert functions <= defined, f"{module}: {sorted(functions - defined)} are not tests there"
+
+
+def test_params_prints_every_value_dvc_needs_and_reads_back_as_the_same_params(tmp_path):
+    """`pscb params` writes a params file whose every key dvc.yaml lists is present (DVC needs each in
+    params.yaml), and which loads to the very params the short file and its overrides gave."""
+    import yaml
+
+    from pipelines.core.config import load_params
+
+    done = pscb("params", "--params", "experiments/known_answer.yaml", "--set", "data_dir=data")
+    assert done.returncode == 0, done.stderr
+    full = tmp_path / "params.yaml"
+    full.write_text(done.stdout)
+    assert load_params(full) == load_params(REPO / "experiments/known_answer.yaml", {"data_dir": "data"})
+    written = yaml.safe_load(done.stdout)
+    listed = set()
+    for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values():
+        listed.update(key for key in stage.get("do", stage).get("params", []) if isinstance(key, str))
+    missing = []
+    for key in listed:
+        node = written
+        for part in key.split("."):
+            node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+        if node is KeyError:
+            missing.append(key)
+    assert listed and not missing, missing
