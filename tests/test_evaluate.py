@@ -81,6 +81,16 @@ def test_pair_train_evaluate_report(params):
     assert set(table["model"]) == {"base", "dpo", "sft"} and len(table) == 3 * 3
     check_promotion(params, metrics)
 
+    # the eval split chooses training settings: its report says so, and the gate never promotes on it
+    assert "split" not in metrics
+    on_eval = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"split": "eval"}),
+                                        "promote": PromoteParams(min_alignment_gain=-2.0, accuracy_tolerance=1.0)})
+    assert evaluate.run(on_eval, Path(params.data_dir))["split"] == "eval"
+    report.run(on_eval, Path(params.data_dir))
+    assert json.loads(Path(files["metrics"]).read_text())["split"] == "eval"
+    refused = promote.run(on_eval, Path(params.data_dir))
+    assert not refused["promoted"] and refused["reasons"] == [r for r in refused["reasons"] if "eval split" in r]
+
 
 def summary_pairs(params) -> int:
     return json.loads((Path(params.data_dir) / "train_summary.json").read_text())["pairs"]["eval"]

@@ -123,6 +123,13 @@ def test_gate_refuses_a_point_gain_whose_interval_covers_zero_and_a_small_run_is
     assert not decision.passed and "95% CI lower bound" in decision.reasons[0]
 
 
+def test_gate_never_promotes_on_the_eval_split_that_chose_the_training():
+    metrics, params = metrics_for(constructed_tables(60, gain=0.08, lost=0))
+    assert promote.gate(metrics, params.promote).passed  # the same figures on the test split pass
+    decision = promote.gate({**metrics, "split": "eval"}, params.promote)
+    assert not decision.passed and decision.reasons == [r for r in decision.reasons if "eval split" in r] != []
+
+
 def test_gate_refuses_an_alignment_gain_bought_with_accuracy():
     metrics, params = metrics_for(constructed_tables(60, gain=0.08, lost=10), accuracy_tolerance=0.02)
     decision = promote.gate(metrics, params.promote)

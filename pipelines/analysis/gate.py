@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.core.config import EvaluateParams, PromoteParams
+from pipelines.core.vocabulary import TEST
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ def gate(metrics: dict[str, Any], params: PromoteParams, alignment: str = PAPER_
     gain, accuracy = comparison["alignment"], comparison["accuracy"]
     ci = gain["ci95"]
     reasons = []
+    if metrics.get("split", TEST) != TEST:  # evaluate.split: eval chooses settings; only the test split decides
+        reasons.append(f"the report evaluates the {metrics['split']} split, on which training settings are chosen: "
+                       "evaluate the test split (evaluate.split: test) to promote")
     if ci is None:
         reasons.append(f"alignment gain has no confidence interval ({gain['decisions']} paired decisions)")
     elif not ci[0] > params.min_alignment_gain:

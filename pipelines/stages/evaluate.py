@@ -5,7 +5,8 @@
 
 Every model answers, explains, is attributed and is scored by the very stage functions that built the
 bank, on the same tasks: the test split (never paired, never trained on) of the training datasets and
-of the shifted datasets, or with `evaluate.split: eval` the eval split, to choose training settings on. Each model's evaluation is an MLflow run in `mlflow.evaluation_experiment`; a
+of the shifted datasets, or with `evaluate.split: eval` the eval split, to choose training settings on (the
+gate never promotes on it). Each model's evaluation is an MLflow run in `mlflow.evaluation_experiment`; a
 tuned model's also says which share of its decisions and explanations differ, token for token, from
 the base model's on the same tasks (`changed_*`): a fine-tune that changed nothing proves nothing.
 """

@@ -45,7 +45,7 @@ from pipelines.analysis.stats import (
 from pipelines.core.artifacts import ARTIFACTS
 from pipelines.core.config import Params, PromoteParams, evaluation_datasets
 from pipelines.core.records import write_json
-from pipelines.core.vocabulary import OWN
+from pipelines.core.vocabulary import OWN, TEST
 from pipelines.stages.score import read_scores, sample_warnings
 
 # what it reads (each evaluated model's bank, the fine-tunes' summary) and writes: pipelines/core/artifacts.py
@@ -546,6 +546,10 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
         trust[name] = {"warnings": sample_warnings(rows[rows["kind"] == OWN], method),
                        **control_summary(rows, params.score.metrics, params.evaluate.bootstrap_samples, params.seed)}
     metrics = build_metrics(params, tables) | {"trust": trust, "movement": movement(params, model_folder)}
+    evaluated = model_folder / EVALUATION.summary
+    split = json.loads(evaluated.read_text()).get("split", TEST) if evaluated.exists() else TEST
+    if split != TEST:  # named only when it is not the test split, so a test-split report keeps its bytes
+        metrics["split"] = split
     write_json(model_folder / REPORT.summary, metrics)
     write_plot_table(folder / "alignment.csv", metrics)
     # the gate's decision is shown before promote takes it: the same rule on the same metrics.json
