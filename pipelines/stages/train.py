@@ -77,12 +77,19 @@ def as_dataset(algorithm: str, pairs: list[dict[str, Any]]):
 
 def stage_datasets(algorithm: str, train_pairs: list[dict[str, Any]], eval_pairs: list[dict[str, Any]],
                    home: Path) -> None:
-    """The launch's datasets on disk before any rank starts. TRL's precomputed reference log-probs are cached
-    beside a dataset's files by rank 0 and read back by every rank; an in-memory dataset's cache lies in each
-    process's own temporary folder, where the other ranks never find it."""
-    as_dataset(algorithm, train_pairs).save_to_disk(str(home / "train"))
+    """The pairs on disk in the fine-tune's folder (`home`), once, before any rank starts. TRL caches the
+    reference log-probs it precomputes beside a dataset's files: every rank reads rank 0's, and a restart after
+    a crash reads them back instead of recomputing them (a quarter of an hour for 500 pairs of SmolLM2 on a
+    CPU). An in-memory dataset's cache lies in each process's own temporary folder. A changed fingerprint sets
+    the folder aside with them."""
+    if home.exists():
+        return
+    partial = home.with_name(home.name + ".partial")  # renamed once whole: a crash mid-write leaves no half set
+    shutil.rmtree(partial, ignore_errors=True)
+    as_dataset(algorithm, train_pairs).save_to_disk(str(partial / "train"))
     if eval_pairs:
-        as_dataset(algorithm, eval_pairs).save_to_disk(str(home / "eval"))
+        as_dataset(algorithm, eval_pairs).save_to_disk(str(partial / "eval"))
+    partial.rename(home)
 
 
 def datasets_for(algorithm: str, train_pairs: list[dict[str, Any]], eval_pairs: list[dict[str, Any]],
@@ -97,7 +104,7 @@ def datasets_for(algorithm: str, train_pairs: list[dict[str, Any]], eval_pairs: 
 def train(algorithm: str, model, tokenizer, train_pairs: list[dict[str, Any]], eval_pairs: list[dict[str, Any]],
           params: TrainParams, output_dir: Path, seed: int, datasets_home: Path | None = None):
     """Fit one LoRA adapter; return the trainer (its state holds TRL's logs). Resumes from a checkpoint.
-    `datasets_home`: where `stage_datasets` put the pairs for a multi-process launch."""
+    `datasets_home`: where `stage_datasets` put the pairs (None: in memory)."""
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
@@ -127,7 +134,7 @@ def read_pairs(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return train_pairs, eval_pairs
 
 
-def fit(params: Params, folder: Path, algorithm: str, datasets_home: Path | None = None) -> dict[str, Any] | None:
+def fit(params: Params, folder: Path, algorithm: str) -> dict[str, Any] | None:
     """One fine-tune, alone or as one rank of a data-parallel launch; its summary (None on ranks > 0)."""
     import mlflow
 
@@ -138,16 +145,9 @@ def fit(params: Params, folder: Path, algorithm: str, datasets_home: Path | None
     started = time.perf_counter()
     model, tokenizer, identity = load_model(params.model)
     output_dir = folder / MODELS.path / algorithm
-    if datasets_home is None:  # alone: the pairs on disk in the model's folder, so that TRL caches the reference
-        # log-probs it precomputes beside them and a restart after a crash reads them back instead of
-        # recomputing (a quarter of an hour for 500 pairs of SmolLM2 on a CPU); a changed fingerprint sets the
-        # folder aside with them
-        datasets_home = output_dir / "datasets"
-        if not datasets_home.exists():
-            partial = output_dir / "datasets.partial"  # renamed once whole: a crash mid-write leaves no half set
-            shutil.rmtree(partial, ignore_errors=True)
-            stage_datasets(algorithm, train_pairs, eval_pairs, partial)
-            partial.rename(datasets_home)
+    datasets_home = output_dir / "datasets"
+    if main:  # a launch staged them before its ranks started
+        stage_datasets(algorithm, train_pairs, eval_pairs, datasets_home)
     if main:
         use_experiment(params.mlflow.tracking_uri, params.mlflow.training_experiment)
     # our run stays open through training, so TRL's MLflow callback (rank 0 only) logs into it
@@ -190,14 +190,13 @@ def launch(params: Params, folder: Path, algorithm: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pscb-train-") as scratch:
         spec, result = Path(scratch) / "params.json", Path(scratch) / "result.json"
         spec.write_text(params.model_dump_json())
-        stage_datasets(algorithm, *read_pairs(folder), Path(scratch) / "datasets")
+        stage_datasets(algorithm, *read_pairs(folder), folder / MODELS.path / algorithm / "datasets")
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                    "--num_processes", str(params.train.processes), "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
                    # the cores split between the processes: each torch otherwise starts one thread per core
                    "--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // params.train.processes)),
-                   "-m", "pipelines.stages.train", str(spec), str(folder), algorithm, str(result),
-                   str(Path(scratch) / "datasets")]
+                   "-m", "pipelines.stages.train", str(spec), str(folder), algorithm, str(result)]
         finished = subprocess.run(command)
         if finished.returncode != 0 or not result.exists():
             raise RuntimeError(f"{algorithm} on {params.train.processes} processes failed (exit code "
@@ -256,8 +255,8 @@ def run(params: Params, folder: Path) -> dict[str, Any]:
     return summary
 
 
-if __name__ == "__main__":  # one rank of `launch`: python -m pipelines.stages.train PARAMS FOLDER ALGORITHM RESULT DATASETS
-    spec, folder, algorithm, result, datasets_home = sys.argv[1:]
-    outcome = fit(Params.model_validate_json(Path(spec).read_text()), Path(folder), algorithm, Path(datasets_home))
+if __name__ == "__main__":  # one rank of `launch`: python -m pipelines.stages.train PARAMS FOLDER ALGORITHM RESULT
+    spec, folder, algorithm, result = sys.argv[1:]
+    outcome = fit(Params.model_validate_json(Path(spec).read_text()), Path(folder), algorithm)
     if outcome is not None:
         write_json(Path(result), outcome)
