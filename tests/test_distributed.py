@@ -200,7 +200,9 @@ def test_one_slice_in_two_shards_keeps_two_workers_busy_and_a_killed_shard_resum
     assert max(sum(1 for s, e in steps if s <= t < e) for t, _ in steps) == 2, (killed, steps)
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        (dagster_run,) = instance.get_runs()
+        # the daemon the backfill starts also ticks the retrain automation, which may launch its own run
+        (dagster_run,) = instance.get_runs(filters=dg.RunsFilter(
+            tags={"dagster/backfill": json.loads(figures.read_text())["backfill"]}))
         records = instance.get_records_for_run(dagster_run.run_id).records
         events = [r.event_log_entry.dagster_event for r in records if r.event_log_entry.dagster_event]
         starts = Counter(e.step_key for e in events if e.event_type_value == "STEP_START")
