@@ -148,7 +148,6 @@ def fit(params: Params, folder: Path, algorithm: str) -> dict[str, Any] | None:
     datasets_home = output_dir / "datasets"
     if main:  # a launch staged them before its ranks started
         stage_datasets(algorithm, train_pairs, eval_pairs, datasets_home)
-    if main:
         use_experiment(params.mlflow.tracking_uri, params.mlflow.training_experiment)
     # our run stays open through training, so TRL's MLflow callback (rank 0 only) logs into it
     with mlflow.start_run(run_name=algorithm) if main else contextlib.nullcontext() as active:
